@@ -1,0 +1,368 @@
+"""Typed configuration: dataclasses, YAML presets, `key=value` overrides and validation.
+
+A config is a plain object you can read top to bottom. Presets live in `hpdm/configs/*.yaml`
+(also reachable as `configs/` at the repository root); any field can be overridden from the
+command line with dotted keys, e.g. `model.num_blocks=4 train.lr=1e-3`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+Size3 = tuple[int, int, int]
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes"  # shapes | folder | ucf101 | captions | cache
+    path: str | None = None  # root folder, caption file or cache dir (not used by `shapes`)
+    split_dir: str | None = None  # UCF-101 split files (classInd.txt, trainlist01.txt, ...)
+    fold: int = 1
+    train_split: bool = True
+    num_samples: int = 4096  # size of the procedural `shapes` dataset
+    seed: int = 0
+    frame_stride: int = 1
+    short_video: str = "loop"  # loop | pad | skip
+    num_workers: int = 0
+    pin_memory: bool = True
+
+
+@dataclass
+class PyramidConfig:
+    patch: Size3 = (4, 16, 16)  # r = (r_f, r_h, r_w): every level is denoised at this size
+    target: Size3 = (8, 64, 64)  # R: the full-resolution video
+    num_levels: int = 3  # L
+
+
+@dataclass
+class ModelConfig:
+    cube: Size3 = (1, 4, 4)  # tokenizer pixel cube
+    dim: int = 128  # data-token width d
+    latent_dim: int = 128  # latent width d_lat
+    num_latents: int = 32  # m
+    num_blocks: int = 4
+    latent_layers: int = 2  # K self-attention layers per block
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    levels_per_block: list[int] | None = None  # None = every block processes every level (AC off)
+    num_classes: int = 0  # 0 = unconditional; a null class is added for guidance
+    text_dim: int = 0  # >0: text-token width of the text encoder (text-to-video)
+    fusion: str = "deep"  # deep | shallow | none
+    detach_context: bool = False
+    use_coords: bool = True
+    dropout: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    sigma_data: float = 0.5
+    sigma_in0: float = 1.0  # input scale of level 0 (paper §4.5, after Chen 2023)
+    sigma_in_factor: float | None = None  # per-level factor; None = voxel rule sqrt(|V^l| / |V^0|)
+    P_mean: float | list[float] = -1.2  # LogNormal σ distribution; a list gives one per level
+    P_std: float | list[float] = 1.2
+    cond_drop: float = 0.1  # condition dropout for classifier-free guidance
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/tiny"
+    steps: int = 1000
+    batch_size: int = 8
+    optimizer: str = "adamw"  # adamw | lamb
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (bf16 is CUDA-only)
+    tf32: bool = True
+    compile: bool = False  # torch.compile, CUDA only
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep: int = 3  # checkpoints to keep
+    sample_every: int = 0  # 0 = never
+    grad_accum: int = 1
+    distributed: str = "ddp"  # ddp | fsdp (used under torchrun)
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 32  # level-0 steps; halved per finer level when halve_steps
+    halve_steps: bool = True
+    min_steps: int = 4
+    sampler0: str = "heun"  # heun | euler for level 0
+    sampler: str = "euler"  # for levels >= 1
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    S_churn: float = 10.0
+    S_tmin: float = 0.05
+    S_tmax: float = 50.0
+    S_noise: float = 1.003
+    cfg: float = 1.0  # classifier-free guidance scale (1 = off)
+    overlap: str = "spatial"  # none | spatial | full
+    tile_batch: int = 16
+    context_sigma: float = 0.0  # noise level at which finished coarse levels are fed as context
+    cache: str = "context"  # context | none
+    cache_budget_mb: int = 2048
+    fps: int = 8
+
+
+@dataclass
+class Config:
+    name: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def validate(self) -> Config:
+        validate(self)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets, YAML and overrides
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("hpdm") / "configs"))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a preset name (`tiny`, `demo`, ...) or a YAML path, apply `key=value` overrides, validate."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = preset_dir() / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown preset '{name_or_path}'; choose one of {list_presets()} or give a YAML path"
+            )
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    cfg = from_dict(raw)
+    if not raw.get("name"):
+        cfg.name = path.stem
+    apply_overrides(cfg, overrides or [])
+    return cfg.validate()
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    return _build(Config, raw, "")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` strings; values are parsed as YAML (`[1,2,2]`, `true`, `1e-3`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. model.num_blocks=4)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        obj: Any = cfg
+        for p in parts[:-1]:
+            if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+                raise ConfigError(f"override '{key}': unknown section '{p}'")
+            obj = getattr(obj, p)
+        leaf = parts[-1]
+        if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
+            names = [f.name for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj) else []
+            raise ConfigError(f"override '{key}': unknown field '{leaf}'; known: {names}")
+        hint = get_type_hints(type(obj))[leaf]
+        setattr(obj, leaf, _coerce(yaml.safe_load(value), hint, key))
+    return cfg
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a mapping")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, with an error naming the key."""
+    origin, args = get_origin(hint), get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{key}: must not be empty")
+    if origin is not None and type(None) in args:  # Optional[X] / X | None / X | list[X]
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin in (tuple,):
+        if not isinstance(value, list | tuple) or (args and args[-1] is not Ellipsis and len(value) != len(args)):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=False))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is not None and args:  # a Union without None, e.g. float | list[float]
+        for a in args:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not one of {hint}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        return str(value)
+    return value
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {list(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    """Check the whole config; raises ConfigError naming the field and the fix."""
+    from hpdm.pyramid import PyramidGeometry  # geometry validation lives with the geometry
+
+    p, m, d, t, s = cfg.pyramid, cfg.model, cfg.diffusion, cfg.train, cfg.sample
+    geo = PyramidGeometry(p.patch, p.target, p.num_levels)
+    if any(v != r for v, r in zip(geo.level_sizes[0], p.patch)):
+        raise ConfigError(
+            f"pyramid: with {p.num_levels} levels, level 0 of target {list(p.target)} is "
+            f"{list(geo.level_sizes[0])}, larger than the patch {list(p.patch)}; "
+            f"add levels (pyramid.num_levels={geo.min_levels()}) or enlarge the patch"
+        )
+    for a, (r, c) in enumerate(zip(p.patch, m.cube)):
+        if c <= 0 or r % c:
+            raise ConfigError(
+                f"model.cube: patch {'fhw'[a]}-size {r} is not divisible by cube size {c}; "
+                f"choose a cube that divides the patch {list(p.patch)}"
+            )
+    for name in ("dim", "latent_dim", "num_latents", "num_blocks", "latent_layers", "heads"):
+        if getattr(m, name) <= 0:
+            raise ConfigError(f"model.{name} must be positive")
+    if m.dim % m.heads or m.latent_dim % m.heads:
+        raise ConfigError(f"model.heads={m.heads} must divide model.dim and model.latent_dim")
+    if m.levels_per_block is not None:
+        lpb = m.levels_per_block
+        if len(lpb) != m.num_blocks:
+            raise ConfigError(
+                f"model.levels_per_block has {len(lpb)} entries but model.num_blocks={m.num_blocks}; "
+                "give one entry per block, e.g. [1,1,2,2,3,3] for 6 blocks and 3 levels"
+            )
+        if any(not 1 <= v <= p.num_levels for v in lpb):
+            raise ConfigError(f"model.levels_per_block={lpb}: every entry must be in 1..{p.num_levels}")
+        if max(lpb) < p.num_levels:
+            raise ConfigError(
+                f"model.levels_per_block={lpb}: level {max(lpb)} (and finer) is processed by no block; "
+                f"at least one block must process all {p.num_levels} levels"
+            )
+    _choice(m.fusion, ("deep", "shallow", "none"), "model.fusion")
+    if m.num_classes < 0:
+        raise ConfigError("model.num_classes must be >= 0 (0 = unconditional)")
+    if d.sigma_data <= 0 or d.sigma_in0 <= 0:
+        raise ConfigError("diffusion.sigma_data and diffusion.sigma_in0 must be positive")
+    for key in ("P_mean", "P_std"):
+        v = getattr(d, key)
+        if isinstance(v, list) and len(v) != p.num_levels:
+            raise ConfigError(f"diffusion.{key}: a list needs one value per level ({p.num_levels})")
+    if not 0 <= d.cond_drop < 1:
+        raise ConfigError("diffusion.cond_drop must be in [0, 1)")
+    _choice(t.optimizer, ("adamw", "lamb"), "train.optimizer")
+    _choice(t.precision, ("fp32", "bf16"), "train.precision")
+    _choice(t.schedule, ("cosine", "constant"), "train.schedule")
+    _choice(t.distributed, ("ddp", "fsdp"), "train.distributed")
+    if t.batch_size <= 0 or t.steps < 0 or t.grad_accum <= 0:
+        raise ConfigError("train.batch_size and train.grad_accum must be positive, train.steps >= 0")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError("train.ema_decay must be in [0, 1)")
+    _choice(s.sampler0, ("heun", "euler"), "sample.sampler0")
+    _choice(s.sampler, ("heun", "euler"), "sample.sampler")
+    _choice(s.overlap, ("none", "spatial", "full"), "sample.overlap")
+    _choice(s.cache, ("context", "none"), "sample.cache")
+    if s.steps <= 0 or not 0 < s.sigma_min < s.sigma_max:
+        raise ConfigError("sample: steps must be positive and 0 < sigma_min < sigma_max")
+    _choice(cfg.data.short_video, ("loop", "pad", "skip"), "data.short_video")
+    _choice(cfg.data.dataset, ("shapes", "folder", "ucf101", "captions", "cache"), "data.dataset")
+    if cfg.data.dataset != "shapes" and not cfg.data.path:
+        raise ConfigError(f"data.path is required for data.dataset={cfg.data.dataset}")
+    if not math.isfinite(t.lr) or t.lr <= 0:
+        raise ConfigError("train.lr must be a positive number")
+
+
+def levels_per_block(cfg: Config) -> list[int]:
+    lpb = cfg.model.levels_per_block
+    return list(lpb) if lpb is not None else [cfg.pyramid.num_levels] * cfg.model.num_blocks

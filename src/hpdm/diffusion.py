@@ -1,0 +1,102 @@
+"""EDM preconditioning with per-level input scaling, σ sampling and the training loss (DESIGN.md §4).
+
+Level ℓ diffuses the scaled signal `y = x / σ_in,ℓ` with EDM preconditioning at data std
+`σ_data,ℓ = σ_data / σ_in,ℓ`. With EDM's coefficients the network target
+`(y − c_skip·y_noisy) / c_out` is the v-prediction target (paper §4.6).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hpdm.config import DiffusionConfig
+from hpdm.pyramid import PyramidGeometry
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: torch.Tensor | float):
+    """EDM (Karras et al. 2022, Table 1): c_skip, c_out, c_in, c_noise."""
+    s2 = sigma**2 + sigma_data**2
+    c_skip = sigma_data**2 / s2
+    c_out = sigma * sigma_data / s2.sqrt()
+    c_in = 1 / s2.sqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+def input_scales(cfg: DiffusionConfig, geo: PyramidGeometry) -> list[float]:
+    """σ_in,ℓ per level: σ_in,0 · sqrt(|V^ℓ| / |V^0|) by default, or σ_in,0 · factor^ℓ."""
+    if cfg.sigma_in_factor is not None:
+        return [cfg.sigma_in0 * cfg.sigma_in_factor**lvl for lvl in range(geo.num_levels)]
+    return [cfg.sigma_in0 * math.sqrt(geo.voxels(lvl) / geo.voxels(0)) for lvl in range(geo.num_levels)]
+
+
+def _per_level(v: float | list[float], L: int) -> torch.Tensor:
+    return torch.tensor(v if isinstance(v, list) else [v] * L, dtype=torch.float32)
+
+
+def _gen_device(generator: torch.Generator | None, device) -> torch.device:
+    return generator.device if generator is not None else torch.device(device or "cpu")
+
+
+class Diffusion:
+    """Preconditioned denoiser and loss over a stack of pyramid levels."""
+
+    def __init__(self, cfg: DiffusionConfig, geo: PyramidGeometry):
+        self.cfg = cfg
+        self.geo = geo
+        self.sigma_in = torch.tensor(input_scales(cfg, geo), dtype=torch.float32)  # (L,)
+        self.sigma_data = cfg.sigma_data / self.sigma_in  # (L,) data std in each level's scaled space
+        self.P_mean = _per_level(cfg.P_mean, geo.num_levels)
+        self.P_std = _per_level(cfg.P_std, geo.num_levels)
+
+    def sample_sigma(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """An independent σ per level per video, LogNormal(P_mean, P_std): (B, L)."""
+        n = torch.randn(batch, self.geo.num_levels, generator=generator, device=_gen_device(generator, device))
+        return (self.P_mean.to(n.device) + self.P_std.to(n.device) * n).exp().to(device)
+
+    def denoise(
+        self, net, y: torch.Tensor, sigma: torch.Tensor, offset, size, labels=None, text=None
+    ) -> torch.Tensor:
+        """D(y; σ) = c_skip·y + c_out·F(c_in·y, c_noise) for levels 0..L'-1: y (B, L', 3, ...) in scaled space."""
+        L = y.shape[1]
+        sd = self.sigma_data[:L].to(y.device)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, sd)
+        e = (...,) + (None,) * 4
+        out = net(c_in[e] * y, c_noise, offset, size, labels, text)
+        return c_skip[e] * y + c_out[e] * out
+
+    def loss(
+        self,
+        net,
+        x: torch.Tensor,
+        offset: torch.Tensor,
+        size: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        null_class: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EDM loss summed over levels. x (B, L, 3, *patch) clean patches in [-1, 1].
+
+        Returns (loss, per-sample per-level loss (B, L) detached, σ (B, L)). Conditions are
+        dropped with p = cond_drop (per video, for all its levels).
+        """
+        B, L = x.shape[:2]
+        dev = x.device
+        sigma = self.sample_sigma(B, generator, dev)
+        y = x / self.sigma_in.to(dev)[None, :, None, None, None, None]
+        gdev = _gen_device(generator, dev)
+        noise = torch.randn(y.shape, generator=generator, device=gdev).to(dev)
+        drop = torch.rand(B, generator=generator, device=gdev).to(dev) < self.cfg.cond_drop
+        if labels is not None and null_class is not None:
+            labels = torch.where(drop, torch.full_like(labels, null_class), labels)
+        if text is not None:
+            text = text * (~drop).to(text.dtype)[:, None, None]
+        e = (...,) + (None,) * 4
+        D = self.denoise(net, y + sigma[e] * noise, sigma, offset, size, labels, text)
+        sd = self.sigma_data.to(dev)
+        weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM λ(σ): unit weight on the F-target
+        per = weight * ((D - y) ** 2).flatten(2).mean(-1)  # (B, L)
+        return per.mean(0).sum(), per.detach(), sigma

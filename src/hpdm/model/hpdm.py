@@ -1,0 +1,358 @@
+"""The HPDM network: a RIN backbone over a pyramid of patches, with deep context fusion (DCF)
+and adaptive computation (AC) — paper §4, DESIGN.md §3.
+
+Levels are folded into the batch: tensors carry a level axis `(B, L, ...)` and every block runs
+once on `(B * L_b, ...)`, where `L_b = levels_per_block[b]` is the prefix of levels block `b`
+processes. Weights are shared across levels; every level has its own learned latents. The only
+path between levels is DCF, which reads coarser levels' block inputs at the finer patch's token
+centres, so information flows coarse → fine only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from hpdm.config import Config, ModelConfig, levels_per_block
+from hpdm.pyramid import absolute_coords, relative_grid, token_grid
+
+
+class Attention(nn.Module):
+    """Multi-head (cross-)attention; queries of width `dim` attend to a context of width `ctx_dim`."""
+
+    def __init__(self, dim: int, ctx_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(ctx_dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.q(x), "b n (h e) -> b h n e", h=self.heads)
+        k, v = rearrange(self.kv(ctx), "b n (two h e) -> two b h n e", two=2, h=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(rearrange(y, "b h n e -> b n (h e)"))
+
+
+def mlp(dim: int, ratio: float) -> nn.Sequential:
+    hidden = int(dim * ratio)
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+class RINBlock(nn.Module):
+    """Read (latents ← tokens), process (K latent self-attention layers), write (tokens ← latents)."""
+
+    def __init__(self, dim: int, latent_dim: int, heads: int, latent_layers: int, mlp_ratio: float):
+        super().__init__()
+        self.read_norm_z, self.read_norm_x = nn.LayerNorm(latent_dim), nn.LayerNorm(dim)
+        self.read = Attention(latent_dim, dim, heads)
+        self.read_mlp = mlp(latent_dim, mlp_ratio)
+        self.process_norm = nn.ModuleList(nn.LayerNorm(latent_dim) for _ in range(latent_layers))
+        self.process = nn.ModuleList(Attention(latent_dim, latent_dim, heads) for _ in range(latent_layers))
+        self.process_mlp = nn.ModuleList(mlp(latent_dim, mlp_ratio) for _ in range(latent_layers))
+        self.write_norm_x, self.write_norm_z = nn.LayerNorm(dim), nn.LayerNorm(latent_dim)
+        self.write = Attention(dim, latent_dim, heads)
+        self.write_mlp = mlp(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = z + self.read(self.read_norm_z(z), self.read_norm_x(x))
+        z = z + self.read_mlp(z)
+        for norm, attn, ff in zip(self.process_norm, self.process, self.process_mlp):
+            h = norm(z)
+            z = z + attn(h, h)
+            z = z + ff(z)
+        x = x + self.write(self.write_norm_x(x), self.write_norm_z(z))
+        x = x + self.write_mlp(x)
+        return x, z
+
+
+class FourierEmbedding(nn.Module):
+    """Sinusoidal embedding of the scalar `c_noise` followed by an MLP."""
+
+    def __init__(self, out_dim: int, freq_dim: int = 128, max_period: float = 1e4):
+        super().__init__()
+        freqs = torch.exp(-math.log(max_period) * torch.arange(freq_dim // 2) / (freq_dim // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        a = c[..., None].float() * 250.0 * self.freqs  # c_noise = ln(σ)/4 spans about ±1.5
+        return self.mlp(torch.cat([a.cos(), a.sin()], dim=-1))
+
+
+class HPDM(nn.Module):
+    """Hierarchical patch denoiser `F(c_in·y, c_noise)` for a stack of pyramid levels."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m: ModelConfig = cfg.model
+        self.cfg = m
+        self.num_levels = cfg.pyramid.num_levels
+        self.patch = tuple(cfg.pyramid.patch)
+        self.cube = tuple(m.cube)
+        self.grid = token_grid(self.patch, self.cube)
+        self.num_tokens = math.prod(self.grid)
+        self.levels_per_block = levels_per_block(cfg)
+        self.deep = m.fusion == "deep"
+        self.shallow = m.fusion == "shallow"
+        self.activation_checkpointing = False
+        self._pair_cache: dict = {}
+        d, dl = m.dim, m.latent_dim
+        in_ch = 6 if self.shallow else 3  # shallow fusion: the previous level's RGB as extra channels
+        cube_vol = math.prod(self.cube)
+
+        self.tokenizer = nn.Linear(in_ch * cube_vol, d)
+        self.pos = nn.Parameter(torch.randn(self.num_tokens, d) * 0.02)
+        self.detok_norm = nn.LayerNorm(d)
+        self.detokenizer = nn.Linear(d, 3 * cube_vol)
+
+        self.latents = nn.Parameter(torch.randn(self.num_levels, m.num_latents, dl) * 0.02)
+        self.noise_embed = FourierEmbedding(dl)
+        self.level_embed = nn.Embedding(self.num_levels, dl)
+        self.class_embed = nn.Embedding(m.num_classes + 1, dl) if m.num_classes > 0 else None
+        self.text_proj = nn.Linear(m.text_dim, dl) if m.text_dim > 0 else None
+
+        self.blocks = nn.ModuleList(
+            RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio) for _ in range(m.num_blocks)
+        )
+        # DCF layers only where a block processes a level that has coarser levels.
+        self.coord_dim = 6 if m.use_coords else 0
+        self.fusion = nn.ModuleDict()
+        if self.deep:
+            for b, nb in enumerate(self.levels_per_block):
+                if nb > 1:
+                    self.fusion[str(b)] = nn.Linear(2 * d + self.coord_dim, d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                nn.init.xavier_uniform_(mod.weight)
+                nn.init.zeros_(mod.bias)
+        for lin in self.fusion.values():  # identity on the activations, zero on context and coords
+            nn.init.zeros_(lin.weight)
+            with torch.no_grad():
+                lin.weight[:, : self.cfg.dim].copy_(torch.eye(self.cfg.dim))
+        nn.init.zeros_(self.detokenizer.weight)  # start as D = c_skip·x (DiT-style zero output)
+        nn.init.normal_(self.level_embed.weight, std=0.02)
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+
+    # -----------------------------------------------------------------------------------------
+    # pieces
+
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def _tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        cf, ch, cw = self.cube
+        t = rearrange(x, "n c (f cf) (h ch) (w cw) -> n (f h w) (cf ch cw c)", cf=cf, ch=ch, cw=cw)
+        return self.tokenizer(t) + self.pos
+
+    def _detokenize(self, t: torch.Tensor) -> torch.Tensor:
+        cf, ch, cw = self.cube
+        nf, nh, nw = self.grid
+        y = self.detokenizer(self.detok_norm(t))
+        return rearrange(y, "n (f h w) (cf ch cw c) -> n c (f cf) (h ch) (w cw)", f=nf, h=nh, w=nw, cf=cf, ch=ch, cw=cw)
+
+    def _cond_tokens(
+        self, c_noise: torch.Tensor, level_ids: torch.Tensor, labels: torch.Tensor | None, text: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Conditioning tokens appended to each level's latents: (B, L, c, d_lat)."""
+        B, L = c_noise.shape
+        toks = [self.noise_embed(c_noise)[:, :, None], self.level_embed(level_ids).expand(B, L, -1)[:, :, None]]
+        if self.class_embed is not None:
+            if labels is None:
+                labels = torch.full((B,), self.null_class(), device=c_noise.device, dtype=torch.long)
+            toks.append(self.class_embed(labels)[:, None, None].expand(B, L, 1, -1))
+        if self.text_proj is not None:
+            if text is None:
+                text = torch.zeros(B, 1, self.cfg.text_dim, device=c_noise.device)
+            tt = self.text_proj(text)  # (B, T, d_lat)
+            toks.append(tt[:, None].expand(B, L, -1, -1))
+        return torch.cat(toks, dim=2)
+
+    def _coords(self, offset: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """Raw DCF coordinates per token: absolute centre (t, y, x) and patch size s → (..., n, 6)."""
+        centres = absolute_coords(offset, size, self.grid)
+        return torch.cat([centres, size[..., None, :].expand_as(centres)], dim=-1)
+
+    def _sample_context(
+        self,
+        xs: torch.Tensor,
+        src_off: torch.Tensor,
+        src_size: torch.Tensor,
+        tgt_off: torch.Tensor,
+        tgt_size: torch.Tensor,
+        pairs: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """Deep context for T target patches from S source patches (paper eqs. 7–8).
+
+        xs (B, S, n, d) source activations; boxes (B, S|T, 3); pairs (P, 2) of (target, source);
+        weights (T, P) averaging matrix. One batched grid_sample over all pairs.
+        Returns (B, T, n, d).
+        """
+        B, S, n, d = xs.shape
+        ti, si = pairs[:, 0], pairs[:, 1]
+        src = xs[:, si]  # (B, P, n, d)
+        if self.cfg.detach_context:
+            src = src.detach()
+        src = rearrange(src, "b p (f h w) d -> (b p) d f h w", f=self.grid[0], h=self.grid[1], w=self.grid[2])
+        grid = relative_grid(tgt_off[:, ti], tgt_size[:, ti], src_off[:, si], src_size[:, si], self.grid)
+        sampled = F.grid_sample(src, grid.flatten(0, 1).to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+        sampled = rearrange(sampled, "(b p) d f h w -> b p (f h w) d", b=B)
+        return torch.einsum("tp,bpnd->btnd", weights.to(sampled.dtype), sampled)
+
+    def _pairs(self, targets: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target position, source level) pairs with source < target level, and the averaging matrix."""
+        key = (targets, str(device))
+        if key not in self._pair_cache:
+            pairs = [(i, s) for i, t in enumerate(targets) for s in range(t)]
+            weights = torch.zeros(len(targets), len(pairs), device=device)
+            for p, (i, _) in enumerate(pairs):
+                weights[i, p] = 1.0 / targets[i]
+            self._pair_cache[key] = (torch.tensor(pairs, device=device, dtype=torch.long), weights)
+        return self._pair_cache[key]
+
+    def _fuse(self, b: int, a: torch.Tensor, ctx: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        parts = [a, ctx] + ([coords] if self.coord_dim else [])
+        return self.fusion[str(b)](torch.cat(parts, dim=-1))
+
+    def _block(self, b: int, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.activation_checkpointing and self.training:
+            return checkpoint(self.blocks[b], x, z, use_reentrant=False)
+        return self.blocks[b](x, z)
+
+    def _embed(self, x, c_noise, offset, size, level_ids, labels, text):
+        B, L = x.shape[:2]
+        if self.shallow:
+            x = torch.cat([x, self._shallow_context(x, offset, size)], dim=2)
+        tokens = self._tokenize(x.flatten(0, 1)).view(B, L, self.num_tokens, -1)  # (B, L, n, d)
+        cond = self._cond_tokens(c_noise, level_ids, labels, text)
+        z = torch.cat([self.latents[level_ids].expand(B, -1, -1, -1), cond], dim=2)  # (B, L, m + c, d_lat)
+        return tokens, z
+
+    def _shallow_context(self, x: torch.Tensor, offset: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """Previous level's input pixels resampled onto each patch's pixel grid (zeros for level 0)."""
+        B, L = x.shape[:2]
+        prev = torch.zeros_like(x)
+        if L > 1:
+            grid = relative_grid(offset[:, 1:], size[:, 1:], offset[:, :-1], size[:, :-1], self.patch)
+            src = x[:, :-1].flatten(0, 1)
+            s = F.grid_sample(src, grid.flatten(0, 1), mode="bilinear", padding_mode="border", align_corners=False)
+            prev = torch.cat([prev[:, :1], s.view(B, L - 1, *s.shape[1:])], dim=1)
+        return prev
+
+    # -----------------------------------------------------------------------------------------
+    # forward passes
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        offset: torch.Tensor,
+        size: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Joint pass over levels 0..L-1: x (B, L, 3, *patch), c_noise (B, L), boxes (B, L, 3) → (B, L, 3, *patch)."""
+        B, L = x.shape[:2]
+        if L > self.num_levels:
+            raise ValueError(f"model was built for {self.num_levels} levels, got {L}")
+        level_ids = torch.arange(L, device=x.device)
+        t, z = self._embed(x, c_noise, offset, size, level_ids, labels, text)
+        coords = self._coords(offset, size) if self.deep else None
+        for b, lpb in enumerate(self.levels_per_block):
+            nb = min(lpb, L)
+            ta, za = t[:, :nb], z[:, :nb]
+            if self.deep and nb > 1:
+                pairs, w = self._pairs(tuple(range(1, nb)), x.device)
+                ctx = self._sample_context(ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w)
+                ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
+            to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
+            t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
+            z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
+        return self._detokenize(t.flatten(0, 1)).view(x.shape)
+
+    def context(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        offset: torch.Tensor,
+        size: torch.Tensor,
+        tgt_offset: torch.Tensor,
+        tgt_size: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+    ) -> list[torch.Tensor | None]:
+        """Fused-context inputs for a level-ℓ patch from its ℓ coarser patches, once for all steps.
+
+        x (B, ℓ, 3, *patch) coarse patches (already preconditioned), boxes (B, ℓ, 3), target box
+        (B, 3). Returns per block the averaged context (B, n, d) — or None where the block does not
+        process level ℓ. Used by tiled sampling to cache what does not change between steps.
+        """
+        B, lvl = x.shape[:2]
+        if not self.deep:
+            raise ValueError("context caching needs model.fusion=deep")
+        level_ids = torch.arange(lvl, device=x.device)
+        t, z = self._embed(x, c_noise, offset, size, level_ids, labels, text)
+        coords = self._coords(offset, size)
+        last = max(b for b, v in enumerate(self.levels_per_block) if v > lvl)
+        out: list[torch.Tensor | None] = []
+        for b in range(last + 1):  # later blocks never reach the target level
+            lpb = self.levels_per_block[b]
+            if lvl < lpb:  # the block processes the target level, so every coarse level is active
+                pairs, w = self._pairs((lvl,), x.device)
+                out.append(self._sample_context(t, offset, size, tgt_offset[:, None], tgt_size[:, None], pairs, w)[:, 0])
+            else:
+                out.append(None)
+            if b == last:
+                break
+            nb = min(lpb, lvl)
+            ta, za = t[:, :nb], z[:, :nb]
+            if nb > 1:
+                pairs, w = self._pairs(tuple(range(1, nb)), x.device)
+                ctx = self._sample_context(ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w)
+                ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
+            to, zo = self.blocks[b](ta.flatten(0, 1), za.flatten(0, 1))
+            t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
+            z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
+        out += [None] * (len(self.levels_per_block) - len(out))
+        return out
+
+    def forward_level(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        offset: torch.Tensor,
+        size: torch.Tensor,
+        level: int,
+        context: list[torch.Tensor | None] | None,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One level alone, given cached context from `context()`: x (B, 3, *patch), c_noise (B,), boxes (B, 3)."""
+        B = x.shape[0]
+        level_ids = torch.tensor([level], device=x.device)
+        t, z = self._embed(x[:, None], c_noise[:, None], offset[:, None], size[:, None], level_ids, labels, text)
+        t, z = t[:, 0], z[:, 0]
+        coords = self._coords(offset, size) if self.deep and level > 0 else None
+        for b, lpb in enumerate(self.levels_per_block):
+            if level >= lpb:
+                continue
+            if coords is not None:
+                if context is None or context[b] is None:
+                    raise ValueError(f"block {b} needs the context of level {level}; compute it with context()")
+                t = self._fuse(b, t, context[b], coords)
+            t, z = self.blocks[b](t, z)
+        return self._detokenize(t).view(B, *x.shape[1:])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

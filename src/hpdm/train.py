@@ -1,0 +1,334 @@
+"""The training loop: patch pyramids → EDM loss → optimiser, EMA, atomic checkpoints, exact resume.
+
+A checkpoint is a directory `step_XXXXXXX/` holding `model.safetensors`, `ema.safetensors`,
+`training.pt` (optimizer, scheduler and RNG states; read back with `weights_only=True`),
+`config.yaml` and `state.json`. It is written under a temporary name and renamed, so a crash
+mid-save leaves the previous checkpoint intact and a directory without the temporary prefix is
+always complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from hpdm import distributed as dist
+from hpdm.config import Config, load_config, save_config
+from hpdm.data import batch_stream, build_dataset
+from hpdm.diffusion import Diffusion
+from hpdm.model.hpdm import HPDM
+from hpdm.optim import build_optimizer, lr_lambda
+from hpdm.pyramid import PyramidGeometry, extract_patches, sample_boxes
+
+CKPT_PREFIX = "step_"
+TMP_PREFIX = ".tmp_"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the message names the step and the level."""
+
+
+def geometry(cfg: Config) -> PyramidGeometry:
+    return PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `out_dir/checkpoints`, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    cks = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX) and (p / "state.json").exists()]
+    return sorted(cks, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest checkpoint)."""
+    p = Path(path)
+    if (p / "state.json").exists() and (p / "model.safetensors").exists():
+        return p
+    cks = list_checkpoints(p)
+    if cks:
+        return cks[-1]
+    raise FileNotFoundError(
+        f"no checkpoint found at {p}: give a checkpoint directory (with model.safetensors) "
+        "or a run directory containing checkpoints/step_*/"
+    )
+
+
+def load_model(path: str | Path, ema: bool = True, device=None) -> tuple[HPDM, Config]:
+    """Build the model from a checkpoint's config and load its (EMA) weights."""
+    ck = resolve_checkpoint(path)
+    cfg = load_config(ck / "config.yaml")
+    model = HPDM(cfg)
+    name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
+    state = load_file(str(ck / name))
+    model.load_state_dict(state)
+    return model.to(device or "cpu").eval(), cfg
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Single-process or DDP/FSDP (under torchrun) training of one config."""
+
+    def __init__(self, cfg: Config, out_dir: str | Path | None = None, resume: str | None = None, device=None,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.ctx = dist.init()
+        self.device = pick_device(device) if not self.ctx.distributed else self.ctx.device
+        self.out_dir = Path(out_dir or cfg.train.out_dir)
+        self.progress = progress and self.ctx.is_main
+        t = cfg.train
+        if self.device.type == "cuda" and t.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if t.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError("train.precision=bf16 is CUDA-only (it is ~17x slower on CPU); use fp32")
+
+        torch.manual_seed(t.seed + self.ctx.rank)
+        self.geo = geometry(cfg)
+        self.diffusion = Diffusion(cfg.diffusion, self.geo)
+        self.model = HPDM(cfg).to(self.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.net = dist.wrap(self.model, cfg, self.ctx)
+        self.opt = build_optimizer(self.net, t.optimizer, t.lr, t.weight_decay, t.betas)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda(t.warmup, t.steps, t.schedule, t.min_lr_ratio)
+        )
+        self.gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + self.ctx.rank)
+        self.step = 0
+        self.dataset = build_dataset(cfg, train=True)
+        if cfg.model.num_classes > 0 and hasattr(self.dataset, "num_classes"):
+            if self.dataset.num_classes > cfg.model.num_classes:
+                raise ValueError(
+                    f"the dataset has {self.dataset.num_classes} classes but model.num_classes="
+                    f"{cfg.model.num_classes}; set model.num_classes={self.dataset.num_classes}"
+                )
+        if resume:
+            self._resume(resume)
+
+    # -------------------------------------------------------------------------------------
+    def _resume(self, resume: str) -> None:
+        if resume == "auto":
+            cks = list_checkpoints(self.out_dir)
+            if not cks:
+                return  # nothing to resume from: start fresh
+            ck = cks[-1]
+        else:
+            ck = resolve_checkpoint(resume)
+        self.load_checkpoint(ck)
+
+    def load_checkpoint(self, ck: Path) -> None:
+        dist.load_model_state(self.net, self.model, load_file(str(ck / "model.safetensors")), self.ctx)
+        self.ema.load_state_dict(load_file(str(ck / "ema.safetensors")))
+        st = torch.load(ck / "training.pt", map_location="cpu", weights_only=True)
+        dist.load_optimizer_state(self.net, self.opt, st["optimizer"], self.ctx)
+        self.sched.load_state_dict(st["scheduler"])
+        rng = st["rng"][min(self.ctx.rank, len(st["rng"]) - 1)]
+        torch.set_rng_state(rng["torch"])
+        self.gen.set_state(rng["gen"].to(self.gen.get_state().device))
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+        self.step = json.loads((ck / "state.json").read_text())["step"]
+
+    def save_checkpoint(self) -> Path | None:
+        """Atomic save: write `.tmp_step_N/`, then rename to `step_N/`; prune to `train.keep`."""
+        model_state = dist.model_state(self.net, self.model, self.ctx)
+        opt_state = dist.optimizer_state(self.net, self.opt, self.ctx)
+        rng = {"torch": torch.get_rng_state(), "gen": self.gen.get_state().cpu()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        rngs = dist.gather_objects(rng, self.ctx)
+        if not self.ctx.is_main:
+            dist.barrier(self.ctx)
+            return None
+        root = self.out_dir / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"{CKPT_PREFIX}{self.step:07d}"
+        tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+        torch.save({"optimizer": opt_state, "scheduler": self.sched.state_dict(), "rng": rngs}, tmp / "training.pt")
+        save_config(self.cfg, tmp / "config.yaml")
+        state = {"step": self.step, "data_position": self.step * self.global_batch, "time": time.time(),
+                 "world_size": self.ctx.world}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(self.out_dir)[: -self.cfg.train.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        dist.barrier(self.ctx)
+        return final
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.ctx.world * self.cfg.train.grad_accum
+
+    # -------------------------------------------------------------------------------------
+    def _batches(self):
+        t, d = self.cfg.train, self.cfg.data
+        micro = t.batch_size
+        return batch_stream(
+            self.dataset, micro, seed=d.seed + t.seed, start_step=self.step * t.grad_accum,
+            rank=self.ctx.rank, world=self.ctx.world, num_workers=d.num_workers,
+            pin_memory=d.pin_memory and self.device.type == "cuda",
+        )
+
+    def _micro_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        video = batch["video"].to(self.device, non_blocking=True)
+        boxes = sample_boxes(self.geo, video.shape[0], generator=self._cpu_gen()).to(self.device)
+        x = extract_patches(video, self.geo, boxes)
+        labels = batch["label"].to(self.device) if self.cfg.model.num_classes > 0 else None
+        if labels is not None and ((labels < 0) | (labels >= self.cfg.model.num_classes)).any():
+            bad = labels[(labels < 0) | (labels >= self.cfg.model.num_classes)][0].item()
+            raise ValueError(
+                f"class id {bad} is out of range for model.num_classes={self.cfg.model.num_classes}; "
+                "fix the dataset labels or raise model.num_classes"
+            )
+        text = batch.get("text")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
+            loss, per_level, sigma = self.diffusion.loss(
+                self.net, x, boxes.offset, boxes.size, labels, text, self.gen, null_class=self.model.null_class()
+            )
+        return loss, per_level, sigma
+
+    def _cpu_gen(self) -> torch.Generator:
+        # Box positions come from the same generator stream as the noise, drawn on its device.
+        if self.gen.device.type == "cpu":
+            return self.gen
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.gen, device=self.gen.device).item())
+        return torch.Generator().manual_seed(seed)
+
+    def train(self, until: int | None = None) -> dict:
+        """Train to `train.steps` (or `until`); returns the last log record."""
+        t = self.cfg.train
+        end = min(t.steps, until) if until is not None else t.steps
+        log_path = self.out_dir / "log.jsonl"
+        if self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out_dir / "config.yaml")
+        batches = self._batches()
+        bar = tqdm(total=end, initial=self.step, desc=f"train {self.cfg.name}", disable=not self.progress,
+                   dynamic_ncols=True)
+        record: dict = {}
+        acc = _Meter(self.geo.num_levels)
+        t_last = time.perf_counter()
+        self.net.train()
+        while self.step < end:
+            self.opt.zero_grad(set_to_none=True)
+            for micro in range(t.grad_accum):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                acc.data_wait += time.perf_counter() - t0
+                with dist.no_sync(self.net, micro < t.grad_accum - 1):
+                    loss, per_sample, sigma = self._micro_step(batch)
+                    (loss / t.grad_accum).backward()
+                acc.add(loss.detach(), per_sample, sigma)
+            if not torch.isfinite(loss):
+                per_level = per_sample.mean(0)
+                bad = [i for i, v in enumerate(per_level.tolist()) if not math.isfinite(v)]
+                last = list_checkpoints(self.out_dir)
+                raise TrainingDiverged(
+                    f"non-finite loss at step {self.step + 1} (level {bad[0] if bad else '?'}: "
+                    f"{per_level.tolist()}); stopping. Last good checkpoint: "
+                    f"{last[-1] if last else 'none'}. Lower train.lr or raise train.warmup, then resume."
+                )
+            gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+            self.opt.step()
+            self.sched.step()
+            self._update_ema()
+            self.step += 1
+            acc.steps += 1
+            acc.videos += self.global_batch
+            acc.gnorm += float(gnorm)
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == end:
+                now = time.perf_counter()
+                record = acc.record(self.step, now - t_last, self.sched.get_last_lr()[0])
+                t_last = now
+                acc = _Meter(self.geo.num_levels)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", it_s=f"{record['steps_per_s']:.2f}",
+                                vid_s=f"{record['videos_per_s']:.1f}")
+                if self.ctx.is_main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+            if self.step % t.ckpt_every == 0 or self.step == end:
+                self.save_checkpoint()
+        bar.close()
+        return record
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.train.ema_decay
+        src = dist.full_params(self.net, self.model, self.ctx)
+        ema_p = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_p, src, 1 - decay)
+
+
+class _Meter:
+    """Running sums for one logging interval, incl. per-level loss by σ bucket (DESIGN §4)."""
+
+    EDGES = (-2.0, -0.5, 1.0)  # ln σ bucket edges: low / mid-low / mid-high / high noise
+
+    def __init__(self, L: int):
+        self.L = L
+        self.n = 0
+        self.loss = 0.0
+        self.per_level = torch.zeros(L)
+        self.bucket_sum = torch.zeros(L, len(self.EDGES) + 1)
+        self.bucket_cnt = torch.zeros(L, len(self.EDGES) + 1)
+        self.data_wait = 0.0
+        self.videos = 0
+        self.steps = 0
+        self.gnorm = 0.0
+
+    def add(self, loss, per_sample, sigma) -> None:
+        """One micro-batch: loss (), per-sample per-level loss (B, L), σ (B, L)."""
+        self.n += 1
+        self.loss += float(loss)
+        per = per_sample.float().cpu()
+        self.per_level += per.mean(0)
+        b = torch.bucketize(sigma.detach().float().log().cpu(), torch.tensor(self.EDGES))  # (B, L)
+        self.bucket_sum.scatter_add_(1, b.T.contiguous(), per.T.contiguous())
+        self.bucket_cnt.scatter_add_(1, b.T.contiguous(), torch.ones_like(per).T.contiguous())
+
+    def record(self, step: int, dt: float, lr: float) -> dict:
+        n = max(self.n, 1)
+        steps = max(self.steps, 1)
+        bucket = (self.bucket_sum / self.bucket_cnt.clamp_min(1)).tolist()
+        return {
+            "step": step,
+            "loss": self.loss / n,
+            **{f"loss_l{i}": v / n for i, v in enumerate(self.per_level.tolist())},
+            "loss_by_sigma": {f"l{i}": [round(x, 5) for x in row] for i, row in enumerate(bucket)},
+            "lr": lr,
+            "grad_norm": self.gnorm / steps,
+            "steps_per_s": self.steps / max(dt, 1e-9),
+            "videos_per_s": self.videos / max(dt, 1e-9),
+            "data_wait_share": self.data_wait / max(dt, 1e-9),
+            "time": time.time(),
+        }
