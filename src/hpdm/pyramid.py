@@ -254,3 +254,19 @@ def pixel_boxes(pixel: torch.Tensor, level_size: Sequence[int], patch: Sequence[
     offset = (pixel.double() / V).float()
     size = (r / V).float().expand_as(offset).contiguous()
     return offset, size
+
+
+def paste_add(canvas: torch.Tensor, tiles: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Inverse of `crop`: add tiles (N, C, *size) into canvas (B, C, F, H, W) at integer offsets, in place."""
+    size = tiles.shape[-3:]
+    dev = canvas.device
+    offsets = offsets.to(dev).long()
+    f = offsets[:, 0, None] + torch.arange(size[0], device=dev)
+    h = offsets[:, 1, None] + torch.arange(size[1], device=dev)
+    w = offsets[:, 2, None] + torch.arange(size[2], device=dev)
+    bfhw = torch.broadcast_tensors(
+        index.to(dev)[:, None, None, None], f[:, :, None, None], h[:, None, :, None], w[:, None, None, :]
+    )
+    # (B, F, H, W, C) view of the canvas, so index_put_ writes through to it
+    canvas.permute(0, 2, 3, 4, 1).index_put_(bfhw, tiles.permute(0, 2, 3, 4, 1), accumulate=True)
+    return canvas

@@ -1,0 +1,329 @@
+"""Video and image I/O: PyAV for containers, Pillow for gifs, stills and contact sheets.
+
+Conventions: a *video tensor* is `(3, F, H, W)` float in [-1, 1] (the model's layout); a *video
+array* is `(F, H, W, 3)` uint8 (the file's layout). `to_uint8` converts the first to the second.
+
+H.264 in yuv420p needs even sizes, so `write_video` pads an odd height or width by one row /
+column of edge replication and `read_video` returns the padded (even) size: 3 frames of 17x33
+written to mp4 read back as (3, 18, 34, 3). Crop on the caller's side if the exact size matters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageSequence
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_H264_SUFFIXES = (".mp4", ".mkv", ".mov")
+# Past this many frames into a file, `read_video` seeks to the key frame before the clip
+# instead of decoding everything in front of it (long captioned videos).
+_SEEK_MIN_START = 96
+# What PyAV / Pillow raise on a broken or missing file.
+_READ_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, IndexError, SyntaxError, ZeroDivisionError)
+
+
+class VideoReadError(RuntimeError):
+    """A video or image file could not be opened or decoded."""
+
+    def __init__(self, path: str | Path, reason: object) -> None:
+        self.path = Path(path)
+        # FFmpeg's messages repeat the path; its short error string is enough next to ours
+        self.reason = str(getattr(reason, "strerror", None) or reason)
+        super().__init__(
+            f"could not read {self.path}: {self.reason}. Check that the file is a complete, playable video "
+            f"or image (e.g. with `ffprobe {self.path}`); re-download or delete it if it is corrupt."
+        )
+
+    def __reduce__(self):  # picklable across worker processes despite the two-argument __init__
+        return type(self), (self.path, self.reason)
+
+
+def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(3, F, H, W) float in [-1, 1] -> (F, H, W, 3) uint8; (F, H, W, 3) uint8 passes through."""
+    if isinstance(video, torch.Tensor):
+        if video.dtype == torch.uint8:
+            video = video.cpu().numpy()
+        else:
+            if video.ndim != 4 or video.shape[0] != 3:
+                raise ValueError(f"expected a (3, F, H, W) float video, got shape {tuple(video.shape)}")
+            video = video.detach().float().cpu()
+            video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            return video.permute(1, 2, 3, 0).contiguous().numpy()
+    video = np.asarray(video)
+    if video.dtype == np.uint8:
+        if video.ndim != 4 or video.shape[-1] != 3:
+            raise ValueError(f"expected a (F, H, W, 3) uint8 video, got shape {video.shape}")
+        return video
+    return to_uint8(torch.from_numpy(np.ascontiguousarray(video)))
+
+
+def write_video(path: str | Path, video: torch.Tensor | np.ndarray, fps: int = 8) -> Path:
+    """Write one video; the suffix picks the format.
+
+    `.mp4` / `.mkv` / `.mov`: H.264 (libx264, yuv420p, crf 18), odd sizes padded to even by edge
+    replication. `.gif`: Pillow animated gif that loops forever. `.png`: a contact sheet.
+    """
+    path = Path(path)
+    frames = to_uint8(video)  # (F, H, W, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in _H264_SUFFIXES:
+        _write_h264(path, frames, fps)
+    elif suffix == ".gif":
+        images = [Image.fromarray(f) for f in frames]
+        # loop=0: forever. Pillow merges identical consecutive frames into one longer frame, and a
+        # gif has no frame rate, so the comment records it for `read_video` to expand them again.
+        images[0].save(
+            path,
+            save_all=True,
+            append_images=images[1:],
+            duration=1000 / fps,
+            loop=0,
+            comment=f"hpdm fps={fps}",
+        )
+    elif suffix == ".png":
+        contact_sheet([frames], path)
+    else:
+        raise ValueError(
+            f"cannot write {path}: unknown suffix {suffix!r}; use .mp4, .mkv, .mov, .gif or .png"
+        )
+    return path
+
+
+def _write_h264(path: Path, frames: np.ndarray, fps: int) -> None:
+    num, h, w, _ = frames.shape
+    # yuv420p subsamples chroma 2x, so H.264 wants even sizes: replicate the last row / column.
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = w + pad_w, h + pad_h
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "medium"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush the encoder's delayed frames
+            container.mux(packet)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy needs one
+    except _READ_ERRORS as err:
+        raise VideoReadError(path, err) from err
+
+
+def read_video(
+    path: str | Path, max_frames: int | None = None, start: int = 0, stride: int = 1
+) -> np.ndarray:
+    """Decode frames `start, start + stride, ...` (at most `max_frames`) as (F, H, W, 3) uint8.
+
+    Containers (mp4/avi/webm/mkv/mov, anything FFmpeg reads) go through PyAV; `.gif` through Pillow;
+    an image file is a one-frame video. Raises `VideoReadError` naming the file when it cannot be
+    decoded or has no frame at `start`. Fewer frames than asked are returned when the video ends.
+    """
+    if start < 0 or stride < 1 or (max_frames is not None and max_frames < 1):
+        raise ValueError(
+            f"need start >= 0, stride >= 1, max_frames >= 1; got {start}, {stride}, {max_frames}"
+        )
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        frames = read_image(path)[None]
+    elif suffix == ".gif":
+        frames = _read_gif(path)
+    else:
+        frames = None
+    if frames is not None:
+        stop = None if max_frames is None else start + max_frames * stride
+        frames = frames[start:stop:stride]
+    else:
+        try:
+            frames = _read_container(path, max_frames, start, stride)
+        except _READ_ERRORS as err:
+            raise VideoReadError(path, err) from err
+    if len(frames) == 0:
+        raise VideoReadError(path, f"no decodable frame at index {start}")
+    return frames
+
+
+def _read_gif(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            frames, durations = [], []
+            comment = im.info.get("comment", b"")
+            for frame in ImageSequence.Iterator(im):
+                frames.append(np.asarray(frame.convert("RGB")))
+                durations.append(frame.info.get("duration", 0) or 0)
+    except _READ_ERRORS as err:
+        raise VideoReadError(path, err) from err
+    # Writers (Pillow included) merge identical consecutive frames into one longer frame; expand
+    # them back so the frame index is time at the gif's base frame rate.
+    base = min((d for d in durations if d > 0), default=0)
+    match = re.fullmatch(rb"hpdm fps=(\d+)", comment if isinstance(comment, bytes) else comment.encode())
+    if match:
+        base = 1000 / int(match[1])
+    repeats = [max(1, round(d / base)) if base else 1 for d in durations]
+    return np.repeat(np.stack(frames), repeats, axis=0)
+
+
+def _read_container(path: Path, max_frames: int | None, start: int, stride: int) -> np.ndarray:
+    out: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        if start >= _SEEK_MIN_START and _seek(container, stream, start):
+            frame_iter = _indexed_after_seek(container, stream, start)
+        else:
+            frame_iter = enumerate(container.decode(stream))
+        for i, frame in frame_iter:
+            if i < start or (i - start) % stride:
+                continue  # decoded (unavoidable) but not converted to RGB
+            out.append(frame.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(out) == max_frames:
+                break
+    if not out:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return np.stack(out)
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise VideoReadError(path, "the file has no video stream")
+    return container.streams.video[0]
+
+
+def _seek(container, stream, start: int) -> bool:
+    """Seek to the key frame at or before frame `start`; False when the stream has no timing to do so."""
+    rate, tb = stream.average_rate, stream.time_base
+    if not rate or not tb:
+        return False
+    t0 = stream.start_time or 0
+    try:
+        container.seek(t0 + int((start / rate) / tb), stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError:
+        return False
+    return True
+
+
+def _indexed_after_seek(container, stream, start: int):
+    """Yield (frame index, frame) after a seek, index from pts; decode from the top if the seek overshot."""
+    rate, tb = stream.average_rate, stream.time_base
+    t0 = stream.start_time or 0
+    first = True
+    for frame in container.decode(stream):
+        i = None if frame.pts is None else round((frame.pts - t0) * tb * rate)
+        if first:
+            first = False
+            if i is None or i > start:
+                break  # timestamps can't place this frame before the clip: count frames instead
+        elif i is None:
+            return
+        yield i, frame
+    else:
+        return
+    container.seek(0, stream=stream)
+    yield from enumerate(container.decode(stream))
+
+
+def probe_num_frames(path: str | Path) -> int:
+    """Number of frames: from the container header when it has one, else by counting packets."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        try:
+            with Image.open(path) as im:
+                im.verify()  # header and structure only: no full decode
+        except _READ_ERRORS as err:
+            raise VideoReadError(path, err) from err
+        return 1
+    if suffix == ".gif":
+        return len(_read_gif(path))
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            if stream.frames > 0:
+                return int(stream.frames)
+            # webm/mkv carry no frame count: demuxing (no decoding) one packet per frame is cheap.
+            count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+    except _READ_ERRORS as err:
+        raise VideoReadError(path, err) from err
+    if count == 0:
+        raise VideoReadError(path, "the video stream has no frames")
+    return count
+
+
+def _rows(videos) -> list[np.ndarray]:
+    """Normalise contact-sheet input to a list of (F, H, W, 3) uint8 rows."""
+    if isinstance(videos, (torch.Tensor, np.ndarray)):
+        videos = [videos]
+    rows = []
+    for v in videos:
+        is_float_batch = v.ndim == 5 and v.dtype not in (torch.uint8, np.uint8)
+        is_uint8_batch = v.ndim == 5 and v.shape[-1] == 3 and v.dtype in (torch.uint8, np.uint8)
+        if is_float_batch or is_uint8_batch:
+            rows.extend(to_uint8(x) for x in v)
+        else:
+            rows.append(to_uint8(v))
+    return rows
+
+
+def contact_sheet(
+    videos,
+    path: str | Path | None = None,
+    max_frames: int = 8,
+    pad: int = 2,
+    labels: Sequence[str] | None = None,
+) -> Image.Image:
+    """Grid with one row per video and one column per frame (evenly spaced if more than `max_frames`).
+
+    `videos`: a (B, 3, F, H, W) float batch in [-1, 1], one (3, F, H, W) video, (F, H, W, 3) uint8
+    arrays, or a list mixing these. Rows of different sizes are scaled to the tallest row's height.
+    Without labels the sheet is `pad + cols * (W + pad)` wide and `pad + rows * (H + pad)` high;
+    `labels` adds a left margin with one line of text per row. Saved to `path` when given.
+    """
+    rows = _rows(videos)
+    if not rows:
+        raise ValueError("contact_sheet needs at least one video")
+    if labels is not None and len(labels) != len(rows):
+        raise ValueError(f"got {len(labels)} labels for {len(rows)} rows")
+    height = max(r.shape[1] for r in rows)
+    cells: list[list[Image.Image]] = []
+    for r in rows:
+        idx = np.linspace(0, len(r) - 1, min(len(r), max_frames)).round().astype(int)
+        width = max(1, round(r.shape[2] * height / r.shape[1]))
+        ims = [Image.fromarray(f) for f in r[idx]]
+        if r.shape[1] != height:
+            ims = [im.resize((width, height), Image.Resampling.BILINEAR) for im in ims]
+        cells.append(ims)
+    font = ImageFont.load_default()
+    margin = 0
+    if labels is not None:
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        margin = max(probe.textbbox((0, 0), str(t), font=font)[2] for t in labels) + pad
+    row_widths = [sum(im.width + pad for im in ims) for ims in cells]
+    sheet = Image.new("RGB", (pad + margin + max(row_widths), pad + len(rows) * (height + pad)), (16, 16, 16))
+    draw = ImageDraw.Draw(sheet)
+    for i, ims in enumerate(cells):
+        y = pad + i * (height + pad)
+        if labels is not None:
+            draw.text((pad, y), str(labels[i]), fill=(235, 235, 235), font=font)
+        x = pad + margin
+        for im in ims:
+            sheet.paste(im, (x, y))
+            x += im.width + pad
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(path)
+    return sheet

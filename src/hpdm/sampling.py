@@ -1,0 +1,343 @@
+"""Samplers and the coarse-to-fine tiled cascade (paper §4.4, DESIGN.md §4–§5).
+
+Level 0 is generated first; each finer level is a *canvas* of its virtual size covered by
+patch-sized tiles. At every sampler step all tiles are denoised (in batches), the denoiser
+outputs are averaged over overlaps on the canvas, and one sampler step is taken on the whole
+canvas, so any noise a stochastic step adds is drawn once per canvas voxel. Each tile sees the
+finished coarser levels through crops that contain it; their fused context does not change
+while a level is sampled, so it is computed once per tile and cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from hpdm.config import Config, ConfigError, SampleConfig
+from hpdm.diffusion import Diffusion, edm_coefficients
+from hpdm.model.hpdm import HPDM
+from hpdm.pyramid import (
+    PyramidGeometry,
+    context_offsets,
+    crop,
+    paste_add,
+    pixel_boxes,
+    tile_offsets,
+    valid_sizes,
+)
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM samplers (Karras et al. 2022, Algorithm 2), on any tensor
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float, device=None) -> torch.Tensor:
+    """σ_0 > … > σ_{N-1} from the Karras schedule, followed by σ_N = 0: (N + 1,) float64."""
+    i = torch.arange(steps, dtype=torch.float64, device=device)
+    t = (sigma_max ** (1 / rho) + i / max(steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64, device=device)])
+
+
+def edm_sampler(
+    denoise: Denoiser,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    heun: bool = True,
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = float("inf"),
+    S_noise: float = 1.0,
+    randn: Callable[[], torch.Tensor] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Heun (2nd order, stochastic with S_churn) or Euler (1st order). `noise` is N(0, I)."""
+    n = len(sigmas) - 1
+    x = noise.double() * sigmas[0]
+    for i in range(n):
+        t_cur, t_next = float(sigmas[i]), float(sigmas[i + 1])
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_tmin <= t_cur <= S_tmax else 0.0
+        t_hat = t_cur + gamma * t_cur
+        if gamma > 0:
+            eps = randn() if randn is not None else torch.randn_like(x)
+            x = x + math.sqrt(t_hat**2 - t_cur**2) * S_noise * eps.double()
+        d = (x - denoise(x.float(), t_hat).double()) / t_hat
+        x_next = x + (t_next - t_hat) * d
+        if heun and t_next > 0:
+            d2 = (x_next - denoise(x_next.float(), t_next).double()) / t_next
+            x_next = x + (t_next - t_hat) * (0.5 * d + 0.5 * d2)
+        x = x_next
+        if on_step is not None:
+            on_step()
+    return x.float()
+
+
+def level_steps(s: SampleConfig, level: int, steps: int | None = None) -> int:
+    """N at level 0, halved per finer level by default (paper: 128/64/32)."""
+    n = steps or s.steps
+    return max(s.min_steps, n >> level) if s.halve_steps else n
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiled cascade
+
+
+def output_geometry(cfg: Config, size: tuple[int, int, int] | None) -> PyramidGeometry:
+    """Geometry of a generation at `size` (default: the training target), with a clear error."""
+    p = cfg.pyramid
+    size = tuple(size) if size is not None else tuple(p.target)
+    try:
+        geo = PyramidGeometry(p.patch, size, p.num_levels)
+    except ConfigError as e:
+        near = ", ".join("x".join(map(str, v)) for v in valid_sizes(p.patch, size))
+        raise ConfigError(
+            f"cannot generate {'x'.join(map(str, size))}: {e}. Every axis must be the patch "
+            f"{'x'.join(map(str, p.patch))} times a power of two; valid sizes near it: {near}"
+        ) from None
+    for a in range(3):
+        if geo.level_sizes[0][a] > p.patch[a] and p.target[a] == p.patch[a]:
+            raise ConfigError(
+                f"cannot generate {'x'.join(map(str, size))}: axis {'FHW'[a]} was not pyramided in training "
+                f"(target = patch = {p.patch[a]}); keep it at {p.patch[a]}"
+            )
+    return geo
+
+
+@dataclass
+class LevelPlan:
+    level: int
+    canvas: tuple[int, int, int]
+    tiles: torch.Tensor  # (T, 3) pixel offsets
+    steps: int
+    heun: bool
+
+
+@dataclass
+class Generation:
+    """Generated pyramid: `levels[ℓ]` is (B, 3, *V^ℓ) in [-1, 1]; `video` is the finest."""
+
+    levels: list[torch.Tensor]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def video(self) -> torch.Tensor:
+        return self.levels[-1]
+
+
+class Cascade:
+    """Coarse-to-fine tiled generation with a trained HPDM."""
+
+    def __init__(self, model: HPDM, cfg: Config, device=None):
+        self.model = model.eval()
+        self.cfg = cfg
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.patch = tuple(cfg.pyramid.patch)
+
+    def plan(self, geo: PyramidGeometry, overlap: str, steps: int | None) -> list[LevelPlan]:
+        s = self.cfg.sample
+        return [
+            LevelPlan(
+                level=lvl,
+                canvas=geo.level_sizes[lvl],
+                tiles=tile_offsets(geo.level_sizes[lvl], self.patch, overlap),
+                steps=level_steps(s, lvl, steps),
+                heun=(s.sampler0 if lvl == 0 else s.sampler) == "heun",
+            )
+            for lvl in range(geo.num_levels)
+        ]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num: int = 1,
+        labels: torch.Tensor | list[int] | None = None,
+        text: torch.Tensor | None = None,
+        size: tuple[int, int, int] | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        overlap: str | None = None,
+        guidance: float | None = None,
+        cache: str | None = None,
+        progress: bool = True,
+    ) -> Generation:
+        s = self.cfg.sample
+        overlap = overlap or s.overlap
+        guidance = s.cfg if guidance is None else guidance
+        cache = cache or s.cache
+        geo = output_geometry(self.cfg, size)
+        diffusion = Diffusion(self.cfg.diffusion, geo)
+        labels_t = self._labels(labels, num)
+        if text is not None:
+            text = text.to(self.device)
+        plans = self.plan(geo, overlap, steps)
+        # One generator per video: a video depends on (seed, its position), never on the batch size.
+        gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(num)]
+        finished: list[torch.Tensor] = []  # scaled-space (y) canvases of finished levels
+        ctx_levels: list[torch.Tensor] = []  # the same at the context noise level
+        for plan in plans:
+            y = self._sample_level(plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens,
+                                   guidance, cache, progress)
+            finished.append(y)
+            sig_c = max(s.context_sigma, 1e-3)
+            eps = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(self.device)
+            ctx_levels.append(y + sig_c * eps)
+        levels = [(y * diffusion.sigma_in[lvl]).clamp(-1, 1).cpu() for lvl, y in enumerate(finished)]
+        settings = {
+            "num": num, "seed": seed, "size": list(geo.target), "overlap": overlap, "guidance": guidance,
+            "cache": cache, "labels": labels_t.tolist() if labels_t is not None else None,
+            "levels": [{"level": p.level, "canvas": list(p.canvas), "tiles": len(p.tiles), "steps": p.steps,
+                        "sampler": "heun" if p.heun else "euler"} for p in plans],
+            "sample": self.cfg.to_dict()["sample"],
+        }
+        return Generation(levels, settings)
+
+    def _labels(self, labels, num: int) -> torch.Tensor | None:
+        nc = self.cfg.model.num_classes
+        if nc == 0:
+            if labels is not None:
+                raise ValueError("this model is unconditional (model.num_classes=0); drop --class")
+            return None
+        if labels is None:
+            return torch.arange(num, device=self.device) % nc
+        t = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if t.numel() == 1:
+            t = t.expand(num)
+        if t.numel() != num:
+            raise ValueError(f"got {t.numel()} class ids for {num} videos; give one id or one per video")
+        bad = t[(t < 0) | (t >= nc)]
+        if bad.numel():
+            raise ValueError(f"class id {int(bad[0])} is out of range: this model has classes 0..{nc - 1}")
+        return t.to(self.device)
+
+    def _sample_level(self, plan: LevelPlan, geo, diffusion: Diffusion, finished, ctx_levels, labels, text, gens,
+                      guidance: float, cache: str, progress: bool) -> torch.Tensor:
+        s = self.cfg.sample
+        B, lvl, T = len(gens), plan.level, len(plan.tiles)
+        dev = self.device
+        tiles = plan.tiles.repeat(B, 1)  # (B*T, 3)
+        index = torch.arange(B).repeat_interleave(T)  # video of each tile
+        t_off, t_size = pixel_boxes(tiles, plan.canvas, self.patch)
+        # Context crops of every finished coarser level that contain each tile (DESIGN §5).
+        coarse = []
+        for k in range(lvl):
+            pix = context_offsets(geo, lvl, tiles, k)
+            off, size = pixel_boxes(pix, geo.level_sizes[k], self.patch)
+            sd = diffusion.sigma_data[k]
+            sig_c = max(s.context_sigma, 1e-3)
+            _, _, c_in, c_noise = edm_coefficients(torch.tensor(sig_c), sd)
+            coarse.append((crop(ctx_levels[k], pix, self.patch, index.to(dev)) * c_in, c_noise, off, size))
+        tile_labels = labels[index.to(labels.device)] if labels is not None else None
+        tile_text = text[index.to(text.device)] if text is not None else None
+        use_cfg = guidance != 1.0 and (labels is not None or text is not None)
+
+        chunk = max(1, s.tile_batch)
+        starts = list(range(0, B * T, chunk))
+        contexts = None
+        if lvl > 0 and cache == "context" and self.model.deep:
+            contexts = self._build_cache(coarse, t_off, t_size, tile_labels, tile_text, use_cfg, starts, chunk)
+
+        sd = diffusion.sigma_data[lvl]
+        counts = paste_add(torch.zeros(B, 1, *plan.canvas, device=dev), torch.ones(B * T, 1, *self.patch, device=dev),
+                           tiles, index)
+
+        def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
+            c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
+            y_tiles = crop(y, tiles, self.patch, index.to(dev))
+            out = torch.empty_like(y_tiles)
+            for j, a in enumerate(starts):
+                sl = slice(a, a + chunk)
+                n = y_tiles[sl].shape[0]
+                F_out = self._net(lvl, c_in * y_tiles[sl], c_noise.expand(n).to(dev), t_off[sl].to(dev),
+                                  t_size[sl].to(dev), [(c[0][sl], c[1], c[2][sl], c[3][sl]) for c in coarse],
+                                  contexts[j] if contexts is not None else None, tile_labels, tile_text, sl,
+                                  guidance if use_cfg else None)
+                out[sl] = c_skip * y_tiles[sl] + c_out * F_out
+            canvas = paste_add(torch.zeros_like(y), out, tiles, index)
+            return canvas / counts
+
+        sigmas = karras_sigmas(plan.steps, s.sigma_min, s.sigma_max, s.rho)
+        noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
+        evals = plan.steps * (2 if plan.heun else 1) - (1 if plan.heun else 0)
+        bar = tqdm(total=plan.steps, desc=f"level {lvl} ({T} tiles x {evals} evals)", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+
+        def randn() -> torch.Tensor:
+            return torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
+
+        y = edm_sampler(
+            denoise, noise, sigmas, heun=plan.heun,
+            S_churn=s.S_churn if plan.heun else 0.0, S_tmin=s.S_tmin, S_tmax=s.S_tmax, S_noise=s.S_noise,
+            randn=randn, on_step=lambda: bar.update(1),
+        )
+        bar.close()
+        return y
+
+    def _net(self, lvl, x, c_noise, off, size, coarse, context, labels, text, sl, guidance):
+        """F(c_in·y) of a batch of level-`lvl` tiles, with classifier-free guidance when asked."""
+        lab = labels[sl] if labels is not None else None
+        txt = text[sl] if text is not None else None
+        if guidance is None:
+            return self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt)
+        n = x.shape[0]
+        null_lab = torch.full_like(lab, self.model.null_class()) if lab is not None else None
+        null_txt = torch.zeros_like(txt) if txt is not None else None
+        dup = lambda t: torch.cat([t, t]) if t is not None else None  # noqa: E731
+        both_lab = torch.cat([lab, null_lab]) if lab is not None else None
+        both_txt = torch.cat([txt, null_txt]) if txt is not None else None
+        coarse2 = [(dup(c[0]), c[1], dup(c[2]), dup(c[3])) for c in coarse]
+        out = self._call(lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt)
+        cond, uncond = out[:n], out[n:]
+        return uncond + guidance * (cond - uncond)
+
+    def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text):
+        if lvl == 0 or context is not None:
+            return self.model.forward_level(x, c_noise, off, size, lvl, context, labels, text)
+        n = x.shape[0]
+        xs = torch.stack([c[0] for c in coarse] + [x], dim=1)
+        cn = torch.stack([c[1].expand(n).to(x.device) for c in coarse] + [c_noise], dim=1)
+        offs = torch.stack([c[2].to(x.device) for c in coarse] + [off], dim=1)
+        sizes = torch.stack([c[3].to(x.device) for c in coarse] + [size], dim=1)
+        return self.model(xs, cn, offs, sizes, labels, text)[:, -1]
+
+    def _build_cache(self, coarse, t_off, t_size, labels, text, use_cfg, starts, chunk):
+        """Fused context of every tile, per block, computed once for all steps of this level.
+
+        Returns a list (one per tile batch) of per-block contexts, or None when it would not fit
+        the memory budget (then every step recomputes the coarse levels).
+        """
+        n_total = t_off.shape[0] * (2 if use_cfg else 1)
+        blocks = sum(1 for v in self.model.levels_per_block if v > len(coarse))
+        need = n_total * blocks * self.model.num_tokens * self.model.cfg.dim * 4
+        if need > self.cfg.sample.cache_budget_mb * 2**20:
+            return None
+        dev = self.device
+        out = []
+        for a in starts:
+            sl = slice(a, a + chunk)
+            n = t_off[sl].shape[0]
+            xs = torch.stack([c[0][sl] for c in coarse], dim=1)
+            cn = torch.stack([c[1].expand(n) for c in coarse], dim=1).to(dev)
+            offs = torch.stack([c[2][sl] for c in coarse], dim=1).to(dev)
+            sizes = torch.stack([c[3][sl] for c in coarse], dim=1).to(dev)
+            lab = labels[sl] if labels is not None else None
+            txt = text[sl] if text is not None else None
+            if use_cfg:
+                cat2 = lambda t: torch.cat([t, t])  # noqa: E731
+                xs, cn, offs, sizes = cat2(xs), cat2(cn), cat2(offs), cat2(sizes)
+                lab = torch.cat([lab, torch.full_like(lab, self.model.null_class())]) if lab is not None else None
+                txt = torch.cat([txt, torch.zeros_like(txt)]) if txt is not None else None
+                tgt_o, tgt_s = cat2(t_off[sl].to(dev)), cat2(t_size[sl].to(dev))
+            else:
+                tgt_o, tgt_s = t_off[sl].to(dev), t_size[sl].to(dev)
+            out.append(self.model.context(xs, cn, offs, sizes, tgt_o, tgt_s, lab, txt))
+        return out
+
+
+def generate(model: HPDM, cfg: Config, **kwargs) -> Generation:
+    """Generate videos with a trained model; see `Cascade.generate` for the options."""
+    return Cascade(model, cfg).generate(**kwargs)
