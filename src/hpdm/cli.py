@@ -1,0 +1,270 @@
+"""`hpdm` command line: train | sample | demo | info | data preview | prepare | eval | config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from hpdm.config import ConfigError
+
+
+def _size(text: str) -> tuple[int, int, int]:
+    try:
+        f, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size '{text}' is not FxHxW, e.g. 16x128x128") from None
+    return f, h, w
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="preset name (tiny, demo, ucf101-s, ...) or a YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.num_blocks=4")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from hpdm.config import load_config
+    from hpdm.train import Trainer
+
+    cfg = load_config(a.config, a.overrides)
+    trainer = Trainer(cfg, out_dir=a.out, resume=a.resume, device=a.device)
+    if trainer.ctx.is_main:
+        print(f"training {cfg.name}: {cfg.train.steps} steps, out {trainer.out_dir} (from step {trainer.step})")
+    rec = trainer.train(until=a.until)
+    if trainer.ctx.is_main:
+        print(json.dumps({k: v for k, v in rec.items() if k != "loss_by_sigma"}))
+        print(f"checkpoints in {trainer.out_dir / 'checkpoints'}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from hpdm.config import load_config
+    from hpdm.info import format_info, model_info
+
+    info = model_info(load_config(a.config, a.overrides), batch=a.batch)
+    print(json.dumps(info, indent=2) if a.json else format_info(info))
+    return 0
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    import yaml
+
+    from hpdm.config import list_presets, load_config
+
+    if a.config is None:
+        print("presets: " + ", ".join(list_presets()))
+        return 0
+    print(yaml.safe_dump(load_config(a.config, a.overrides).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def save_outputs(gen, out: Path, fps: int, prefix: str = "video", save_levels: bool = False,
+                 labels: list[str] | None = None) -> list[Path]:
+    """One mp4 per video, a contact-sheet PNG and settings JSON (and coarse levels on request)."""
+    from hpdm.data.video import contact_sheet, write_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, v in enumerate(gen.video):
+        paths.append(write_video(out / f"{prefix}_{i:03d}.mp4", v, fps=fps))
+        if save_levels:
+            for lvl, lv in enumerate(gen.levels[:-1]):
+                write_video(out / f"{prefix}_{i:03d}_level{lvl}.mp4", lv[i], fps=fps)
+    contact_sheet(list(gen.video), out / "contact_sheet.png", labels=labels)
+    if save_levels:
+        rows = [lv[i] for i in range(len(gen.video)) for lv in gen.levels]
+        contact_sheet(rows, out / "levels_sheet.png",
+                      labels=[f"{i}: level {lvl}" for i in range(len(gen.video)) for lvl in range(len(gen.levels))])
+    (out / "settings.json").write_text(json.dumps(gen.settings, indent=2))
+    return paths
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    import torch
+
+    from hpdm.sampling import Cascade
+    from hpdm.train import load_model, pick_device
+
+    device = pick_device(a.device)
+    model, cfg = load_model(a.ckpt, ema=not a.no_ema, device=device)
+    text = None
+    if a.prompt is not None:
+        from hpdm.text import encode_prompts
+
+        if cfg.model.text_dim == 0:
+            raise ValueError("this checkpoint is not a text-to-video model (model.text_dim=0); use --class")
+        text = encode_prompts([a.prompt] * a.num, device=device)
+    if a.cfg is not None:
+        cfg.sample.cfg = a.cfg
+    t0 = time.perf_counter()
+    gen = Cascade(model, cfg, device).generate(
+        num=a.num, labels=a.cls, text=text, size=a.size, seed=a.seed, steps=a.steps,
+        overlap=a.overlap, cache=a.cache, progress=not a.quiet,
+    )
+    gen.settings.update({"ckpt": str(a.ckpt), "ema": not a.no_ema, "prompt": a.prompt,
+                         "seconds": round(time.perf_counter() - t0, 2), "device": str(device)})
+    names = None
+    if cfg.model.num_classes and gen.settings["labels"] is not None and cfg.data.dataset == "shapes":
+        from hpdm.data.shapes import SHAPES_CLASSES
+
+        names = [SHAPES_CLASSES[k] for k in gen.settings["labels"]]
+    paths = save_outputs(gen, Path(a.out), cfg.sample.fps, save_levels=a.levels, labels=names)
+    print(f"wrote {len(paths)} videos of {'x'.join(map(str, gen.video.shape[-3:]))} to {a.out} "
+          f"(contact_sheet.png, settings.json) in {gen.settings['seconds']} s")
+    del torch
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from hpdm.demo import run_demo
+
+    run_demo(out=Path(a.out), train=a.train, steps=a.steps, num_per_class=a.num_per_class, size=a.size,
+             seed=a.seed, quiet=a.quiet, sample_steps=a.sample_steps, overrides=a.overrides)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from hpdm.demo import export_checkpoint
+
+    out = export_checkpoint(a.ckpt, a.out, ema=not a.no_ema)
+    print(f"exported {'raw' if a.no_ema else 'EMA'} weights, config and state to {out}")
+    return 0
+
+
+def cmd_data_preview(a: argparse.Namespace) -> int:
+    from hpdm.preview import data_preview
+
+    data_preview(dataset=a.dataset, out=Path(a.out), num=a.num, config=a.config, path=a.path, seed=a.seed)
+    return 0
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from hpdm.config import load_config
+    from hpdm.data import build_dataset
+    from hpdm.data.cache import prepare_cache
+
+    cfg = load_config(a.config, a.overrides)
+    ds = build_dataset(cfg, train=not a.test_split)
+    out = prepare_cache(ds, a.out, clips_per_video=a.clips_per_video, shard_size=a.shard_size,
+                        num_workers=a.workers)
+    print(f"cache written to {out}; train from it with: hpdm train {a.config} data.dataset=cache data.path={out}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from hpdm.metrics import cli as eval_cli
+
+    return eval_cli.run(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hpdm", description="Hierarchical Patch Diffusion Models for video.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a preset or YAML config")
+    _add_config(p)
+    p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in the run) or a checkpoint dir")
+    p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda when available)")
+    p.add_argument("--until", type=int, default=None, help="stop after this step (keeps the schedule of train.steps)")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("info", help="parameters, tokens, FLOPs per level/block, activation memory")
+    _add_config(p)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("config", help="print a resolved config (or list presets)")
+    p.add_argument("config", nargs="?")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("sample", help="generate videos from a checkpoint")
+    p.add_argument("--ckpt", required=True, help="checkpoint dir or run dir (newest checkpoint)")
+    p.add_argument("--num", type=int, default=4)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--class", dest="cls", type=int, default=None, help="class id (default: cycle through classes)")
+    g.add_argument("--prompt", default=None, help="text prompt (text-to-video models)")
+    p.add_argument("--size", type=_size, default=None, help="output FxHxW (default: the training target)")
+    p.add_argument("--steps", type=int, default=None, help="level-0 steps (halved per finer level)")
+    p.add_argument("--overlap", choices=["none", "spatial", "full"], default=None)
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cache", choices=["context", "none"], default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples")
+    p.add_argument("--levels", action="store_true", help="also write the coarse levels")
+    p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("demo", help="the main job: generate a video per class with the shipped demo model")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--train", action="store_true", help="retrain the demo model from scratch first")
+    p.add_argument("--steps", type=int, default=None, help="training steps with --train (default: the preset's)")
+    p.add_argument("--num-per-class", type=int, default=1)
+    p.add_argument("--size", type=_size, default=None)
+    p.add_argument("--sample-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", help="config overrides for --train")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("export", help="write a release checkpoint (EMA weights only) from a run")
+    p.add_argument("--ckpt", required=True, help="checkpoint dir or run dir (newest checkpoint)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-ema", action="store_true")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("preview", help="write an mp4 of samples, a PNG of pyramid boxes, print captions")
+    q.add_argument("--dataset", default="shapes", help="shapes | folder | ucf101 | captions | cache")
+    q.add_argument("--path", default=None, help="dataset path (not for shapes)")
+    q.add_argument("--config", default="demo", help="preset whose pyramid geometry to use")
+    q.add_argument("--num", type=int, default=8)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="preview")
+    q.set_defaults(fn=cmd_data_preview)
+
+    p = sub.add_parser("prepare", help="decode a dataset once into a memory-mapped uint8 cache")
+    _add_config(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips-per-video", type=int, default=1)
+    p.add_argument("--shard-size", type=int, default=1024)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--test-split", action="store_true")
+    p.set_defaults(fn=cmd_prepare)
+
+    try:
+        from hpdm.metrics import cli as eval_cli
+
+        eval_cli.add_parser(sub)
+    except ImportError:
+        pass
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        from hpdm.train import TrainingDiverged
+
+        kind = "training stopped" if isinstance(e, TrainingDiverged) else "error"
+        print(f"hpdm: {kind}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
