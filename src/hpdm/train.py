@@ -118,6 +118,7 @@ class Trainer:
         )
         self.gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + self.ctx.rank)
         self.step = 0
+        self._tb = None
         self.dataset = build_dataset(cfg, train=True)
         if cfg.model.num_classes > 0 and hasattr(self.dataset, "num_classes"):
             if self.dataset.num_classes > cfg.model.num_classes:
@@ -209,7 +210,11 @@ class Trainer:
                 f"class id {bad} is out of range for model.num_classes={self.cfg.model.num_classes}; "
                 "fix the dataset labels or raise model.num_classes"
             )
-        text = batch.get("text")
+        text = None
+        if self.cfg.model.text_dim > 0:
+            from hpdm.text import encode_prompts
+
+            text = encode_prompts([c if c.strip() else "a video" for c in batch["caption"]], device=self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
             loss, per_level, sigma = self.diffusion.loss(
                 self.net, x, boxes.offset, boxes.size, labels, text, self.gen, null_class=self.model.null_class()
@@ -276,10 +281,39 @@ class Trainer:
                 if self.ctx.is_main:
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
+                    self._tensorboard(record)
             if self.step % t.ckpt_every == 0 or self.step == end:
                 self.save_checkpoint()
+            if t.sample_every and self.step % t.sample_every == 0 and self.ctx.is_main:
+                self.write_samples()
         bar.close()
         return record
+
+    def _tensorboard(self, record: dict) -> None:
+        """Mirror the JSONL log to TensorBoard when it is installed (optional extra)."""
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tb = False
+                return
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        if self._tb:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k not in ("step", "time"):
+                    self._tb.add_scalar(k, v, record["step"])
+
+    @torch.no_grad()
+    def write_samples(self, num: int | None = None) -> Path:
+        """A few EMA samples (one per class when conditional) as mp4s and a contact sheet."""
+        from hpdm.cli import save_outputs
+        from hpdm.sampling import Cascade
+
+        n = num or max(1, min(8, self.cfg.model.num_classes or 4))
+        gen = Cascade(self.ema, self.cfg, self.device).generate(num=n, seed=0, progress=False)
+        out = self.out_dir / "samples" / f"step_{self.step:07d}"
+        save_outputs(gen, out, self.cfg.sample.fps)
+        return out
 
     @torch.no_grad()
     def _update_ema(self) -> None:

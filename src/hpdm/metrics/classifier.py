@@ -1,0 +1,93 @@
+"""A small 3-D CNN that classifies `shapes` videos, to score class accuracy of generated videos.
+
+Trained by `hpdm eval train-classifier` on freshly rendered `shapes` clips (every step a new
+batch, so it never overfits); the package ships its weights in `assets/classifier/`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from hpdm.data.shapes import NUM_CLASSES, render_shapes
+
+INPUT_SIZE = (8, 32, 32)
+
+
+class ShapesClassifier(nn.Module):
+    def __init__(self, num_classes: int = NUM_CLASSES, width: int = 32):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv3d(3, w, 3, padding=1), nn.GELU(), nn.AvgPool3d((1, 2, 2)),
+            nn.Conv3d(w, 2 * w, 3, padding=1), nn.GELU(), nn.AvgPool3d(2),
+            nn.Conv3d(2 * w, 4 * w, 3, padding=1), nn.GELU(),
+        )
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, 3, F, H, W) in [-1, 1], any size → logits (B, classes)."""
+        if all(s >= t for s, t in zip(video.shape[-3:], INPUT_SIZE)):
+            x = F.adaptive_avg_pool3d(video, INPUT_SIZE)  # area averaging, like the level pyramid
+        else:
+            x = F.interpolate(video, size=INPUT_SIZE, mode="trilinear", align_corners=False)
+        return self.head(self.net(x).mean(dim=(2, 3, 4)))
+
+
+def default_weights() -> Path:
+    return Path(str(resources.files("hpdm") / "assets" / "classifier" / "model.safetensors"))
+
+
+def load_classifier(path: str | Path | None = None, device="cpu") -> ShapesClassifier:
+    p = Path(path) if path else default_weights()
+    if not p.exists():
+        raise FileNotFoundError(f"classifier weights not found at {p}; train them with `hpdm eval train-classifier`")
+    model = ShapesClassifier()
+    model.load_state_dict(load_file(str(p)))
+    return model.to(device).eval()
+
+
+def train_classifier(out: str | Path, steps: int = 600, batch: int = 32, lr: float = 2e-3, seed: int = 0,
+                     size: tuple[int, int, int] = (16, 64, 64), progress: bool = True) -> dict:
+    """Train on rendered `shapes` clips (seeds disjoint from the generator's training set)."""
+    torch.manual_seed(seed)
+    model = ShapesClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    base = 10_000_000 + seed * steps * batch  # indices far from the training set's
+    t0 = time.perf_counter()
+    for step in tqdm(range(steps), desc="classifier", disable=not progress):
+        video, labels, _ = render_shapes(list(range(base + step * batch, base + (step + 1) * batch)), *size, seed=seed)
+        loss = F.cross_entropy(model(video), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    acc = evaluate(model, size=size, seed=seed + 1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(out / "model.safetensors"))
+    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "size": list(size),
+            "held_out_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1),
+            "command": f"hpdm eval train-classifier --out {out} --steps {steps}"}
+    (out / "info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+@torch.no_grad()
+def evaluate(model: ShapesClassifier, num: int = 256, size=(16, 64, 64), seed: int = 1) -> float:
+    video, labels, _ = render_shapes(list(range(20_000_000, 20_000_000 + num)), *size, seed=seed)
+    return float((model.eval()(video).argmax(-1) == labels).float().mean())
+
+
+@torch.no_grad()
+def class_accuracy(model: ShapesClassifier, videos: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((model(videos).argmax(-1) == labels.to(videos.device)).float().mean())
