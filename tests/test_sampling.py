@@ -42,8 +42,15 @@ def test_sampler_reproduces_gaussian_variance(heun, churn, steps):
     noise = torch.randn(64, 4096, generator=g)
     sigmas = karras_sigmas(steps, 0.002, 80.0, 7.0)
     out = edm_sampler(
-        lambda x, sig: x * s**2 / (s**2 + sig**2), noise, sigmas, heun=heun, S_churn=churn,
-        S_tmin=0.05, S_tmax=50.0, S_noise=1.0, randn=lambda: torch.randn(64, 4096, generator=g),
+        lambda x, sig: x * s**2 / (s**2 + sig**2),
+        noise,
+        sigmas,
+        heun=heun,
+        S_churn=churn,
+        S_tmin=0.05,
+        S_tmax=50.0,
+        S_noise=1.0,
+        randn=lambda: torch.randn(64, 4096, generator=g),
     )
     var = out.var().item()
     assert abs(var / s**2 - 1) < 0.03, var
@@ -57,7 +64,11 @@ class GaussianOracle(torch.nn.Module):
         self.inner = model
         self.diffusion = diffusion
         self.data_std = data_std
-        self.deep, self.levels_per_block, self.num_tokens = model.deep, model.levels_per_block, model.num_tokens
+        self.deep, self.levels_per_block, self.num_tokens = (
+            model.deep,
+            model.levels_per_block,
+            model.num_tokens,
+        )
         self.cfg = model.cfg
         self.null_class = model.null_class
 
@@ -125,14 +136,22 @@ def test_tiled_equals_untiled_when_canvas_is_one_tile(tiny):
             xs = [c * edm_coefficients(sig_c, sd[k])[2] for k, c in enumerate(ctx)]
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd[lvl])
             stack = torch.stack(xs + [c_in * y], dim=1)
-            cn = torch.stack([edm_coefficients(sig_c, sd[k])[3].expand(2) for k in range(lvl)] + [c_noise.expand(2)], 1)
+            cn = torch.stack(
+                [edm_coefficients(sig_c, sd[k])[3].expand(2) for k in range(lvl)] + [c_noise.expand(2)], 1
+            )
             F = model(stack, cn, off.expand(2, lvl + 1, 3), size.expand(2, lvl + 1, 3), labels)[:, -1]
             return c_skip * y + c_out * F
 
         noise = torch.stack([torch.randn(3, *patch, generator=g) for g in gens])
         y = edm_sampler(
-            D, noise, karras_sigmas(level_steps(s, lvl), s.sigma_min, s.sigma_max, s.rho), heun=heun,
-            S_churn=s.S_churn if heun else 0.0, S_tmin=s.S_tmin, S_tmax=s.S_tmax, S_noise=s.S_noise,
+            D,
+            noise,
+            karras_sigmas(level_steps(s, lvl), s.sigma_min, s.sigma_max, s.rho),
+            heun=heun,
+            S_churn=s.S_churn if heun else 0.0,
+            S_tmin=s.S_tmin,
+            S_tmax=s.S_tmax,
+            S_noise=s.S_noise,
             randn=lambda: torch.stack([torch.randn(3, *patch, generator=g) for g in gens]),
         )
         done.append(y)

@@ -34,7 +34,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
     trainer = Trainer(cfg, out_dir=a.out, resume=a.resume, device=a.device)
     if trainer.ctx.is_main:
-        print(f"training {cfg.name}: {cfg.train.steps} steps, out {trainer.out_dir} (from step {trainer.step})")
+        print(
+            f"training {cfg.name}: {cfg.train.steps} steps, out {trainer.out_dir} (from step {trainer.step})"
+        )
     rec = trainer.train(until=a.until)
     if trainer.ctx.is_main:
         print(json.dumps({k: v for k, v in rec.items() if k != "loss_by_sigma"}))
@@ -63,8 +65,14 @@ def cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
-def save_outputs(gen, out: Path, fps: int, prefix: str = "video", save_levels: bool = False,
-                 labels: list[str] | None = None) -> list[Path]:
+def save_outputs(
+    gen,
+    out: Path,
+    fps: int,
+    prefix: str = "video",
+    save_levels: bool = False,
+    labels: list[str] | None = None,
+) -> list[Path]:
     """One mp4 per video, a contact-sheet PNG and settings JSON (and coarse levels on request)."""
     from hpdm.data.video import contact_sheet, write_video
 
@@ -78,8 +86,11 @@ def save_outputs(gen, out: Path, fps: int, prefix: str = "video", save_levels: b
     contact_sheet(list(gen.video), out / "contact_sheet.png", labels=labels)
     if save_levels:
         rows = [lv[i] for i in range(len(gen.video)) for lv in gen.levels]
-        contact_sheet(rows, out / "levels_sheet.png",
-                      labels=[f"{i}: level {lvl}" for i in range(len(gen.video)) for lvl in range(len(gen.levels))])
+        contact_sheet(
+            rows,
+            out / "levels_sheet.png",
+            labels=[f"{i}: level {lvl}" for i in range(len(gen.video)) for lvl in range(len(gen.levels))],
+        )
     (out / "settings.json").write_text(json.dumps(gen.settings, indent=2))
     return paths
 
@@ -103,19 +114,35 @@ def cmd_sample(a: argparse.Namespace) -> int:
         cfg.sample.cfg = a.cfg
     t0 = time.perf_counter()
     gen = Cascade(model, cfg, device).generate(
-        num=a.num, labels=a.cls, text=text, size=a.size, seed=a.seed, steps=a.steps,
-        overlap=a.overlap, cache=a.cache, progress=not a.quiet,
+        num=a.num,
+        labels=a.cls,
+        text=text,
+        size=a.size,
+        seed=a.seed,
+        steps=a.steps,
+        overlap=a.overlap,
+        cache=a.cache,
+        progress=not a.quiet,
     )
-    gen.settings.update({"ckpt": str(a.ckpt), "ema": not a.no_ema, "prompt": a.prompt,
-                         "seconds": round(time.perf_counter() - t0, 2), "device": str(device)})
+    gen.settings.update(
+        {
+            "ckpt": str(a.ckpt),
+            "ema": not a.no_ema,
+            "prompt": a.prompt,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "device": str(device),
+        }
+    )
     names = None
     if cfg.model.num_classes and gen.settings["labels"] is not None and cfg.data.dataset == "shapes":
         from hpdm.data.shapes import SHAPES_CLASSES
 
         names = [SHAPES_CLASSES[k] for k in gen.settings["labels"]]
     paths = save_outputs(gen, Path(a.out), cfg.sample.fps, save_levels=a.levels, labels=names)
-    print(f"wrote {len(paths)} videos of {'x'.join(map(str, gen.video.shape[-3:]))} to {a.out} "
-          f"(contact_sheet.png, settings.json) in {gen.settings['seconds']} s")
+    print(
+        f"wrote {len(paths)} videos of {'x'.join(map(str, gen.video.shape[-3:]))} to {a.out} "
+        f"(contact_sheet.png, settings.json) in {gen.settings['seconds']} s"
+    )
     del torch
     return 0
 
@@ -123,8 +150,17 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from hpdm.demo import run_demo
 
-    run_demo(out=Path(a.out), train=a.train, steps=a.steps, num_per_class=a.num_per_class, size=a.size,
-             seed=a.seed, quiet=a.quiet, sample_steps=a.sample_steps, overrides=a.overrides)
+    run_demo(
+        out=Path(a.out),
+        train=a.train,
+        steps=a.steps,
+        num_per_class=a.num_per_class,
+        size=a.size,
+        seed=a.seed,
+        quiet=a.quiet,
+        sample_steps=a.sample_steps,
+        overrides=a.overrides,
+    )
     return 0
 
 
@@ -150,9 +186,13 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, a.overrides)
     ds = build_dataset(cfg, train=not a.test_split)
-    out = prepare_cache(ds, a.out, clips_per_video=a.clips_per_video, shard_size=a.shard_size,
-                        num_workers=a.workers)
-    print(f"cache written to {out}; train from it with: hpdm train {a.config} data.dataset=cache data.path={out}")
+    out = prepare_cache(
+        ds, a.out, clips_per_video=a.clips_per_video, shard_size=a.shard_size, num_workers=a.workers
+    )
+    print(
+        f"cache written to {out}; train from it with: "
+        f"hpdm train {a.config} data.dataset=cache data.path={out}"
+    )
     return 0
 
 
@@ -168,10 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a preset or YAML config")
     _add_config(p)
-    p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in the run) or a checkpoint dir")
+    p.add_argument(
+        "--resume", default=None, help="'auto' (newest complete checkpoint in the run) or a checkpoint dir"
+    )
     p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda when available)")
-    p.add_argument("--until", type=int, default=None, help="stop after this step (keeps the schedule of train.steps)")
+    p.add_argument(
+        "--until", type=int, default=None, help="stop after this step (keeps the schedule of train.steps)"
+    )
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("info", help="parameters, tokens, FLOPs per level/block, activation memory")
@@ -189,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint dir or run dir (newest checkpoint)")
     p.add_argument("--num", type=int, default=4)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--class", dest="cls", type=int, default=None, help="class id (default: cycle through classes)")
+    g.add_argument(
+        "--class", dest="cls", type=int, default=None, help="class id (default: cycle through classes)"
+    )
     g.add_argument("--prompt", default=None, help="text prompt (text-to-video models)")
     p.add_argument("--size", type=_size, default=None, help="output FxHxW (default: the training target)")
     p.add_argument("--steps", type=int, default=None, help="level-0 steps (halved per finer level)")
@@ -207,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: generate a video per class with the shipped demo model")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--train", action="store_true", help="retrain the demo model from scratch first")
-    p.add_argument("--steps", type=int, default=None, help="training steps with --train (default: the preset's)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps with --train (default: the preset's)"
+    )
     p.add_argument("--num-per-class", type=int, default=1)
     p.add_argument("--size", type=_size, default=None)
     p.add_argument("--sample-steps", type=int, default=None)

@@ -80,7 +80,9 @@ def run_demo(
     gen = Cascade(model, cfg, device).generate(
         num=len(labels), labels=labels, size=size, seed=seed, steps=sample_steps, progress=not quiet
     )
-    gen.settings.update({"ckpt": str(ckpt), "seconds": round(time.perf_counter() - t1, 2), "device": str(device)})
+    gen.settings.update(
+        {"ckpt": str(ckpt), "seconds": round(time.perf_counter() - t1, 2), "device": str(device)}
+    )
     names = [SHAPES_CLASSES[int(k)] for k in labels]
     paths = save_outputs(gen, out, cfg.sample.fps, prefix="demo", save_levels=True, labels=names)
     for p, name in zip(paths, names):
@@ -88,7 +90,10 @@ def run_demo(
         p.replace(target)
     save_config(cfg, out / "config.yaml")
     size_s = "x".join(map(str, gen.video.shape[-3:]))
-    print(f"generated {len(labels)} videos of {size_s} ({len(gen.levels)} levels) in {gen.settings['seconds']} s")
+    print(
+        f"generated {len(labels)} videos of {size_s} ({len(gen.levels)} levels) "
+        f"in {gen.settings['seconds']} s"
+    )
     print(f"  videos:        {out}/demo_*.mp4 (one per class; coarse levels in demo_*_level*.mp4)")
     print(f"  contact sheet: {out / 'contact_sheet.png'}")
     print(f"  all levels:    {out / 'levels_sheet.png'}")

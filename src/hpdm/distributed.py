@@ -115,7 +115,9 @@ def model_state(net: nn.Module, model: nn.Module, ctx: DistContext) -> dict[str,
     return {k: _full(v) for k, v in model.state_dict().items()}
 
 
-def load_model_state(net: nn.Module, model: nn.Module, state: dict[str, torch.Tensor], ctx: DistContext) -> None:
+def load_model_state(
+    net: nn.Module, model: nn.Module, state: dict[str, torch.Tensor], ctx: DistContext
+) -> None:
     if ctx.mode == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -128,7 +130,9 @@ def optimizer_state(net: nn.Module, opt, ctx: DistContext) -> dict:
     if ctx.mode == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(net, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            net, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return opt.state_dict()
 
 

@@ -33,13 +33,21 @@ def draw_boxes(video: torch.Tensor, boxes: Boxes, b: int = 0, max_frames: int = 
                 continue  # the level's patch does not cover this frame
             x0, y0 = off[2] * W, off[1] * H
             x1, y1 = (off[2] + size[2]) * W - 1, (off[1] + size[1]) * H - 1
-            draw.rectangle([x0, y0, x1, y1], outline=LEVEL_COLOURS[lvl % len(LEVEL_COLOURS)], width=max(1, W // 128))
+            draw.rectangle(
+                [x0, y0, x1, y1], outline=LEVEL_COLOURS[lvl % len(LEVEL_COLOURS)], width=max(1, W // 128)
+            )
         sheet.paste(img, (pad + c * (W + pad), pad))
     return sheet
 
 
-def data_preview(dataset: str = "shapes", out: Path = Path("preview"), num: int = 8, config: str = "demo",
-                 path: str | None = None, seed: int = 0) -> dict:
+def data_preview(
+    dataset: str = "shapes",
+    out: Path = Path("preview"),
+    num: int = 8,
+    config: str = "demo",
+    path: str | None = None,
+    seed: int = 0,
+) -> dict:
     """Write `samples.mp4` (a grid of clips), `samples.png`, `pyramid_boxes.png`; print captions."""
     overrides = [f"data.dataset={dataset}", f"data.seed={seed}"] + ([f"data.path={path}"] if path else [])
     cfg = load_config(config, overrides)
@@ -67,7 +75,12 @@ def data_preview(dataset: str = "shapes", out: Path = Path("preview"), num: int 
     print(f"{len(videos)} clips of {'x'.join(map(str, videos.shape[2:]))} from '{dataset}'")
     for i, c in enumerate(captions):
         print(f"  {i}: {c}")
-    print(f"wrote {mp4}, {out / 'samples.png'} and {out / 'pyramid_boxes.png'} "
-          f"(levels: {', '.join('x'.join(map(str, s)) for s in geo.level_sizes)}; "
-          "box colours white, yellow, cyan, ... = level 0, 1, 2, ...)")
-    return {"captions": captions, "files": [str(mp4), str(out / "samples.png"), str(out / "pyramid_boxes.png")]}
+    print(
+        f"wrote {mp4}, {out / 'samples.png'} and {out / 'pyramid_boxes.png'} "
+        f"(levels: {', '.join('x'.join(map(str, s)) for s in geo.level_sizes)}; "
+        "box colours white, yellow, cyan, ... = level 0, 1, 2, ...)"
+    )
+    return {
+        "captions": captions,
+        "files": [str(mp4), str(out / "samples.png"), str(out / "pyramid_boxes.png")],
+    }

@@ -40,7 +40,9 @@ Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float, device=None) -> torch.Tensor:
     """σ_0 > … > σ_{N-1} from the Karras schedule, followed by σ_N = 0: (N + 1,) float64."""
     i = torch.arange(steps, dtype=torch.float64, device=device)
-    t = (sigma_max ** (1 / rho) + i / max(steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t = (
+        sigma_max ** (1 / rho) + i / max(steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    ) ** rho
     return torch.cat([t, torch.zeros(1, dtype=torch.float64, device=device)])
 
 
@@ -180,18 +182,32 @@ class Cascade:
         finished: list[torch.Tensor] = []  # scaled-space (y) canvases of finished levels
         ctx_levels: list[torch.Tensor] = []  # the same at the context noise level
         for plan in plans:
-            y = self._sample_level(plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens,
-                                   guidance, cache, progress)
+            y = self._sample_level(
+                plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens, guidance, cache, progress
+            )
             finished.append(y)
             sig_c = max(s.context_sigma, 1e-3)
             eps = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(self.device)
             ctx_levels.append(y + sig_c * eps)
         levels = [(y * diffusion.sigma_in[lvl]).clamp(-1, 1).cpu() for lvl, y in enumerate(finished)]
         settings = {
-            "num": num, "seed": seed, "size": list(geo.target), "overlap": overlap, "guidance": guidance,
-            "cache": cache, "labels": labels_t.tolist() if labels_t is not None else None,
-            "levels": [{"level": p.level, "canvas": list(p.canvas), "tiles": len(p.tiles), "steps": p.steps,
-                        "sampler": "heun" if p.heun else "euler"} for p in plans],
+            "num": num,
+            "seed": seed,
+            "size": list(geo.target),
+            "overlap": overlap,
+            "guidance": guidance,
+            "cache": cache,
+            "labels": labels_t.tolist() if labels_t is not None else None,
+            "levels": [
+                {
+                    "level": p.level,
+                    "canvas": list(p.canvas),
+                    "tiles": len(p.tiles),
+                    "steps": p.steps,
+                    "sampler": "heun" if p.heun else "euler",
+                }
+                for p in plans
+            ],
             "sample": self.cfg.to_dict()["sample"],
         }
         return Generation(levels, settings)
@@ -214,8 +230,20 @@ class Cascade:
             raise ValueError(f"class id {int(bad[0])} is out of range: this model has classes 0..{nc - 1}")
         return t.to(self.device)
 
-    def _sample_level(self, plan: LevelPlan, geo, diffusion: Diffusion, finished, ctx_levels, labels, text, gens,
-                      guidance: float, cache: str, progress: bool) -> torch.Tensor:
+    def _sample_level(
+        self,
+        plan: LevelPlan,
+        geo,
+        diffusion: Diffusion,
+        finished,
+        ctx_levels,
+        labels,
+        text,
+        gens,
+        guidance: float,
+        cache: str,
+        progress: bool,
+    ) -> torch.Tensor:
         s = self.cfg.sample
         B, lvl, T = len(gens), plan.level, len(plan.tiles)
         dev = self.device
@@ -239,11 +267,17 @@ class Cascade:
         starts = list(range(0, B * T, chunk))
         contexts = None
         if lvl > 0 and cache == "context" and self.model.deep:
-            contexts = self._build_cache(coarse, t_off, t_size, tile_labels, tile_text, use_cfg, starts, chunk)
+            contexts = self._build_cache(
+                coarse, t_off, t_size, tile_labels, tile_text, use_cfg, starts, chunk
+            )
 
         sd = diffusion.sigma_data[lvl]
-        counts = paste_add(torch.zeros(B, 1, *plan.canvas, device=dev), torch.ones(B * T, 1, *self.patch, device=dev),
-                           tiles, index)
+        counts = paste_add(
+            torch.zeros(B, 1, *plan.canvas, device=dev),
+            torch.ones(B * T, 1, *self.patch, device=dev),
+            tiles,
+            index,
+        )
 
         def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
@@ -252,10 +286,19 @@ class Cascade:
             for j, a in enumerate(starts):
                 sl = slice(a, a + chunk)
                 n = y_tiles[sl].shape[0]
-                F_out = self._net(lvl, c_in * y_tiles[sl], c_noise.expand(n).to(dev), t_off[sl].to(dev),
-                                  t_size[sl].to(dev), [(c[0][sl], c[1], c[2][sl], c[3][sl]) for c in coarse],
-                                  contexts[j] if contexts is not None else None, tile_labels, tile_text, sl,
-                                  guidance if use_cfg else None)
+                F_out = self._net(
+                    lvl,
+                    c_in * y_tiles[sl],
+                    c_noise.expand(n).to(dev),
+                    t_off[sl].to(dev),
+                    t_size[sl].to(dev),
+                    [(c[0][sl], c[1], c[2][sl], c[3][sl]) for c in coarse],
+                    contexts[j] if contexts is not None else None,
+                    tile_labels,
+                    tile_text,
+                    sl,
+                    guidance if use_cfg else None,
+                )
                 out[sl] = c_skip * y_tiles[sl] + c_out * F_out
             canvas = paste_add(torch.zeros_like(y), out, tiles, index)
             return canvas / counts
@@ -263,16 +306,28 @@ class Cascade:
         sigmas = karras_sigmas(plan.steps, s.sigma_min, s.sigma_max, s.rho)
         noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
         evals = plan.steps * (2 if plan.heun else 1) - (1 if plan.heun else 0)
-        bar = tqdm(total=plan.steps, desc=f"level {lvl} ({T} tiles x {evals} evals)", disable=not progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=plan.steps,
+            desc=f"level {lvl} ({T} tiles x {evals} evals)",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
         def randn() -> torch.Tensor:
             return torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
 
         y = edm_sampler(
-            denoise, noise, sigmas, heun=plan.heun,
-            S_churn=s.S_churn if plan.heun else 0.0, S_tmin=s.S_tmin, S_tmax=s.S_tmax, S_noise=s.S_noise,
-            randn=randn, on_step=lambda: bar.update(1),
+            denoise,
+            noise,
+            sigmas,
+            heun=plan.heun,
+            S_churn=s.S_churn if plan.heun else 0.0,
+            S_tmin=s.S_tmin,
+            S_tmax=s.S_tmax,
+            S_noise=s.S_noise,
+            randn=randn,
+            on_step=lambda: bar.update(1),
         )
         bar.close()
         return y
@@ -329,7 +384,11 @@ class Cascade:
             if use_cfg:
                 cat2 = lambda t: torch.cat([t, t])  # noqa: E731
                 xs, cn, offs, sizes = cat2(xs), cat2(cn), cat2(offs), cat2(sizes)
-                lab = torch.cat([lab, torch.full_like(lab, self.model.null_class())]) if lab is not None else None
+                lab = (
+                    torch.cat([lab, torch.full_like(lab, self.model.null_class())])
+                    if lab is not None
+                    else None
+                )
                 txt = torch.cat([txt, torch.zeros_like(txt)]) if txt is not None else None
                 tgt_o, tgt_s = cat2(t_off[sl].to(dev)), cat2(t_size[sl].to(dev))
             else:

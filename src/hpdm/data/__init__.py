@@ -30,7 +30,9 @@ def build_dataset(cfg: Config, train: bool = True) -> Dataset:
         return CachedDataset(d.path)
     from hpdm.data import folder
 
-    common = dict(num_frames=F, height=H, width=W, frame_stride=d.frame_stride, short_video=d.short_video, seed=d.seed)
+    common = dict(
+        num_frames=F, height=H, width=W, frame_stride=d.frame_stride, short_video=d.short_video, seed=d.seed
+    )
     if d.dataset == "folder":
         return folder.VideoFolderDataset(d.path, **common)
     if d.dataset == "ucf101":
@@ -42,7 +44,9 @@ class StepBatchSampler(Sampler):
     """Yields the index list of every step from `start_step` on: a seeded permutation per epoch,
     each rank taking its own slice of the global batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1
+    ):
         if n <= 0:
             raise ValueError("the dataset is empty: check data.path and the files in it")
         self.n, self.batch, self.seed, self.start = n, batch_size, seed, start_step

@@ -27,9 +27,14 @@ class ShapesClassifier(nn.Module):
         super().__init__()
         w = width
         self.net = nn.Sequential(
-            nn.Conv3d(3, w, 3, padding=1), nn.GELU(), nn.AvgPool3d((1, 2, 2)),
-            nn.Conv3d(w, 2 * w, 3, padding=1), nn.GELU(), nn.AvgPool3d(2),
-            nn.Conv3d(2 * w, 4 * w, 3, padding=1), nn.GELU(),
+            nn.Conv3d(3, w, 3, padding=1),
+            nn.GELU(),
+            nn.AvgPool3d((1, 2, 2)),
+            nn.Conv3d(w, 2 * w, 3, padding=1),
+            nn.GELU(),
+            nn.AvgPool3d(2),
+            nn.Conv3d(2 * w, 4 * w, 3, padding=1),
+            nn.GELU(),
         )
         self.head = nn.Linear(4 * w, num_classes)
 
@@ -49,14 +54,23 @@ def default_weights() -> Path:
 def load_classifier(path: str | Path | None = None, device="cpu") -> ShapesClassifier:
     p = Path(path) if path else default_weights()
     if not p.exists():
-        raise FileNotFoundError(f"classifier weights not found at {p}; train them with `hpdm eval train-classifier`")
+        raise FileNotFoundError(
+            f"classifier weights not found at {p}; train them with `hpdm eval train-classifier`"
+        )
     model = ShapesClassifier()
     model.load_state_dict(load_file(str(p)))
     return model.to(device).eval()
 
 
-def train_classifier(out: str | Path, steps: int = 600, batch: int = 32, lr: float = 2e-3, seed: int = 0,
-                     size: tuple[int, int, int] = (16, 64, 64), progress: bool = True) -> dict:
+def train_classifier(
+    out: str | Path,
+    steps: int = 600,
+    batch: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    size: tuple[int, int, int] = (16, 64, 64),
+    progress: bool = True,
+) -> dict:
     """Train on rendered `shapes` clips (seeds disjoint from the generator's training set)."""
     torch.manual_seed(seed)
     model = ShapesClassifier()
@@ -65,7 +79,9 @@ def train_classifier(out: str | Path, steps: int = 600, batch: int = 32, lr: flo
     base = 10_000_000 + seed * steps * batch  # indices far from the training set's
     t0 = time.perf_counter()
     for step in tqdm(range(steps), desc="classifier", disable=not progress):
-        video, labels, _ = render_shapes(list(range(base + step * batch, base + (step + 1) * batch)), *size, seed=seed)
+        video, labels, _ = render_shapes(
+            list(range(base + step * batch, base + (step + 1) * batch)), *size, seed=seed
+        )
         loss = F.cross_entropy(model(video), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,9 +91,16 @@ def train_classifier(out: str | Path, steps: int = 600, batch: int = 32, lr: flo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "model.safetensors"))
-    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "size": list(size),
-            "held_out_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1),
-            "command": f"hpdm eval train-classifier --out {out} --steps {steps}"}
+    info = {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "size": list(size),
+        "held_out_accuracy": acc,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "command": f"hpdm eval train-classifier --out {out} --steps {steps}",
+    }
     (out / "info.json").write_text(json.dumps(info, indent=2))
     return info
 
