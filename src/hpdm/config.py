@@ -242,7 +242,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0])
     if origin in (tuple,):
-        if not isinstance(value, list | tuple) or (args and args[-1] is not Ellipsis and len(value) != len(args)):
+        if not isinstance(value, list | tuple) or (
+            args and args[-1] is not Ellipsis and len(value) != len(args)
+        ):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=False))
     if origin is list:

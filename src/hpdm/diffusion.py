@@ -53,7 +53,9 @@ class Diffusion:
 
     def sample_sigma(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """An independent σ per level per video, LogNormal(P_mean, P_std): (B, L)."""
-        n = torch.randn(batch, self.geo.num_levels, generator=generator, device=_gen_device(generator, device))
+        n = torch.randn(
+            batch, self.geo.num_levels, generator=generator, device=_gen_device(generator, device)
+        )
         return (self.P_mean.to(n.device) + self.P_std.to(n.device) * n).exp().to(device)
 
     def denoise(

@@ -36,7 +36,9 @@ def _measure(cfg: Config, batch: int):
     diffusion = Diffusion(cfg.diffusion, geo)
     counter = FlopCounterMode(display=False, depth=None)
     with counter:
-        loss, _, _ = diffusion.loss(model, x, boxes.offset, boxes.size, labels, text, null_class=model.null_class())
+        loss, _, _ = diffusion.loss(
+            model, x, boxes.offset, boxes.size, labels, text, null_class=model.null_class()
+        )
         loss.backward()
     by_module = counter.get_flop_counts()
 
@@ -74,12 +76,19 @@ def model_info(cfg: Config, batch: int = 1, measure_memory: bool = True) -> dict
         "name": cfg.name,
         "parameters": count_parameters(model),
         "levels": [
-            {"level": lvl, "virtual_size": list(geo.level_sizes[lvl]), "tokens": model.num_tokens,
-             "blocks": [b for b, nb in enumerate(lpb) if lvl < nb], "train_step_flops": per_level[lvl] / batch}
+            {
+                "level": lvl,
+                "virtual_size": list(geo.level_sizes[lvl]),
+                "tokens": model.num_tokens,
+                "blocks": [b for b, nb in enumerate(lpb) if lvl < nb],
+                "train_step_flops": per_level[lvl] / batch,
+            }
             for lvl in range(L)
         ],
-        "blocks": [{"block": b, "levels": lpb[b], "train_step_flops": (blocks[b] + fusion[b]) / batch}
-                   for b in range(len(lpb))],
+        "blocks": [
+            {"block": b, "levels": lpb[b], "train_step_flops": (blocks[b] + fusion[b]) / batch}
+            for b in range(len(lpb))
+        ],
         "train_step_flops": total / batch,
         "train_step_flops_without_ac": no_ac_total / batch,
         "ac_flops_saving": 1 - total / no_ac_total if no_ac_total else 0.0,
@@ -104,7 +113,9 @@ def activation_bytes(model, diffusion, boxes, x, labels, text) -> int:
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _, _ = diffusion.loss(model, x, boxes.offset, boxes.size, labels, text, null_class=model.null_class())
+        loss, _, _ = diffusion.loss(
+            model, x, boxes.offset, boxes.size, labels, text, null_class=model.null_class()
+        )
     del loss
     return sum(v for k, v in seen.items() if k not in params)
 
@@ -125,13 +136,17 @@ def format_info(info: dict) -> str:
         f"(AC saves {100 * info['ac_flops_saving']:.1f}%)",
     ]
     if "activation_bytes_per_video" in info:
-        lines.append(f"activations       {info['activation_bytes_per_video'] / 2**20:.1f} MiB per video saved for backward")
+        lines.append(
+            f"activations       {info['activation_bytes_per_video'] / 2**20:.1f} MiB per video saved for backward"
+        )
     lines.append("")
     lines.append("level  virtual size (FxHxW)  tokens  blocks        FLOPs/video")
     for lv in info["levels"]:
         size = "x".join(map(str, lv["virtual_size"]))
-        lines.append(f"{lv['level']:>5}  {size:<20}  {lv['tokens']:>6}  {str(lv['blocks']):<12}  "
-                     f"{_fmt_flops(lv['train_step_flops'])}")
+        lines.append(
+            f"{lv['level']:>5}  {size:<20}  {lv['tokens']:>6}  {str(lv['blocks']):<12}  "
+            f"{_fmt_flops(lv['train_step_flops'])}"
+        )
     lines.append("")
     lines.append("block  levels  FLOPs/video")
     for bl in info["blocks"]:

@@ -15,7 +15,9 @@ class LAMB(Optimizer):
     u = m̂ / (√v̂ + ε) + λ p;  p ← p − lr · (‖p‖ / ‖u‖) · u   (trust ratio 1 when either norm is 0).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+    def __init__(
+        self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0
+    ):
         if lr <= 0:
             raise ValueError(f"LAMB: learning rate must be positive, got {lr}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))

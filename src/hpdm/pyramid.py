@@ -112,7 +112,9 @@ def level_videos(video: torch.Tensor, geo: PyramidGeometry) -> list[torch.Tensor
     return out[::-1]
 
 
-def crop(x: torch.Tensor, offsets: torch.Tensor, size: Sequence[int], index: torch.Tensor | None = None) -> torch.Tensor:
+def crop(
+    x: torch.Tensor, offsets: torch.Tensor, size: Sequence[int], index: torch.Tensor | None = None
+) -> torch.Tensor:
     """Exact crops: x (B, C, F, H, W), integer offsets (N, 3) → (N, C, *size).
 
     `index` (N,) picks the source video of each crop (default: crop n comes from video n).
@@ -193,7 +195,11 @@ def absolute_coords(offset: torch.Tensor, size: torch.Tensor, grid: Sequence[int
 
 
 def relative_grid(
-    tgt_offset: torch.Tensor, tgt_size: torch.Tensor, src_offset: torch.Tensor, src_size: torch.Tensor, grid: Sequence[int]
+    tgt_offset: torch.Tensor,
+    tgt_size: torch.Tensor,
+    src_offset: torch.Tensor,
+    src_size: torch.Tensor,
+    grid: Sequence[int],
 ) -> torch.Tensor:
     """`F.grid_sample` grid that reads a source patch at the target patch's token centres (paper eq. 8).
 
@@ -224,10 +230,10 @@ def tile_starts(canvas: int, patch: int, stride: int) -> list[int]:
 
 def tile_offsets(canvas: Sequence[int], patch: Sequence[int], overlap: str) -> torch.Tensor:
     """(T, 3) integer offsets of tiles covering a canvas; overlap none | spatial | full."""
-    half = {"none": (False, False, False), "spatial": (False, True, True), "full": (True, True, True)}[overlap]
-    per_axis = [
-        tile_starts(c, p, max(1, p // 2) if h else p) for c, p, h in zip(canvas, patch, half)
+    half = {"none": (False, False, False), "spatial": (False, True, True), "full": (True, True, True)}[
+        overlap
     ]
+    per_axis = [tile_starts(c, p, max(1, p // 2) if h else p) for c, p, h in zip(canvas, patch, half)]
     grids = torch.meshgrid(*[torch.tensor(s) for s in per_axis], indexing="ij")
     return torch.stack([g.reshape(-1) for g in grids], dim=-1)
 
@@ -242,12 +248,19 @@ def context_offsets(
     V_fine = torch.tensor(geo.level_sizes[level], dtype=torch.float64)
     V_coarse = torch.tensor(geo.level_sizes[coarse_level], dtype=torch.float64)
     r = torch.tensor(geo.patch, dtype=torch.float64)
-    centre = (tile_pixel.double() + r / 2) / V_fine * V_coarse
+    q = V_coarse / V_fine
+    centre = (tile_pixel.double() + r / 2) * q
     start = torch.floor(centre - r / 2 + 1e-9)
-    return start.clamp(min=torch.zeros(3, dtype=torch.float64), max=V_coarse - r).long()
+    # Keep the tile inside the crop: flooring the centred start can cut off a tile whose coarse
+    # extent is a fraction of a pixel (e.g. r = 1 on a pyramided axis); the range is never empty.
+    lo = torch.ceil((tile_pixel.double() + r) * q - r - 1e-9).clamp(min=0)
+    hi = torch.floor(tile_pixel.double() * q + 1e-9).clamp(max=V_coarse - r)
+    return torch.minimum(torch.maximum(start, lo), hi).long()
 
 
-def pixel_boxes(pixel: torch.Tensor, level_size: Sequence[int], patch: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_boxes(
+    pixel: torch.Tensor, level_size: Sequence[int], patch: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (offset, size) of patches given integer offsets on a level grid of `level_size`."""
     V = torch.tensor(level_size, dtype=torch.float64, device=pixel.device)
     r = torch.tensor(patch, dtype=torch.float64, device=pixel.device)
@@ -256,7 +269,9 @@ def pixel_boxes(pixel: torch.Tensor, level_size: Sequence[int], patch: Sequence[
     return offset, size
 
 
-def paste_add(canvas: torch.Tensor, tiles: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def paste_add(
+    canvas: torch.Tensor, tiles: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
     """Inverse of `crop`: add tiles (N, C, *size) into canvas (B, C, F, H, W) at integer offsets, in place."""
     size = tiles.shape[-3:]
     dev = canvas.device

@@ -33,6 +33,11 @@ CKPT_PREFIX = "step_"
 TMP_PREFIX = ".tmp_"
 
 
+def _last(out_dir) -> str:
+    cks = list_checkpoints(out_dir)
+    return str(cks[-1]) if cks else "none"
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the message names the step and the level."""
 
@@ -56,7 +61,11 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / "checkpoints"
     if not root.exists():
         return []
-    cks = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX) and (p / "state.json").exists()]
+    cks = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(CKPT_PREFIX) and (p / "state.json").exists()
+    ]
     return sorted(cks, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
 
 
@@ -91,8 +100,14 @@ def load_model(path: str | Path, ema: bool = True, device=None) -> tuple[HPDM, C
 class Trainer:
     """Single-process or DDP/FSDP (under torchrun) training of one config."""
 
-    def __init__(self, cfg: Config, out_dir: str | Path | None = None, resume: str | None = None, device=None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path | None = None,
+        resume: str | None = None,
+        device=None,
+        progress: bool = True,
+    ):
         self.cfg = cfg
         self.ctx = dist.init()
         self.device = pick_device(device) if not self.ctx.distributed else self.ctx.device
@@ -170,12 +185,23 @@ class Trainer:
         tmp, final = root / f"{TMP_PREFIX}{name}", root / name
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        torch.save({"optimizer": opt_state, "scheduler": self.sched.state_dict(), "rng": rngs}, tmp / "training.pt")
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors")
+        )
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()},
+            str(tmp / "ema.safetensors"),
+        )
+        torch.save(
+            {"optimizer": opt_state, "scheduler": self.sched.state_dict(), "rng": rngs}, tmp / "training.pt"
+        )
         save_config(self.cfg, tmp / "config.yaml")
-        state = {"step": self.step, "data_position": self.step * self.global_batch, "time": time.time(),
-                 "world_size": self.ctx.world}
+        state = {
+            "step": self.step,
+            "data_position": self.step * self.global_batch,
+            "time": time.time(),
+            "world_size": self.ctx.world,
+        }
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         if final.exists():
             shutil.rmtree(final)
@@ -194,8 +220,13 @@ class Trainer:
         t, d = self.cfg.train, self.cfg.data
         micro = t.batch_size
         return batch_stream(
-            self.dataset, micro, seed=d.seed + t.seed, start_step=self.step * t.grad_accum,
-            rank=self.ctx.rank, world=self.ctx.world, num_workers=d.num_workers,
+            self.dataset,
+            micro,
+            seed=d.seed + t.seed,
+            start_step=self.step * t.grad_accum,
+            rank=self.ctx.rank,
+            world=self.ctx.world,
+            num_workers=d.num_workers,
             pin_memory=d.pin_memory and self.device.type == "cuda",
         )
 
@@ -214,10 +245,19 @@ class Trainer:
         if self.cfg.model.text_dim > 0:
             from hpdm.text import encode_prompts
 
-            text = encode_prompts([c if c.strip() else "a video" for c in batch["caption"]], device=self.device)
+            text = encode_prompts(
+                [c if c.strip() else "a video" for c in batch["caption"]], device=self.device
+            )
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
             loss, per_level, sigma = self.diffusion.loss(
-                self.net, x, boxes.offset, boxes.size, labels, text, self.gen, null_class=self.model.null_class()
+                self.net,
+                x,
+                boxes.offset,
+                boxes.size,
+                labels,
+                text,
+                self.gen,
+                null_class=self.model.null_class(),
             )
         return loss, per_level, sigma
 
@@ -237,14 +277,20 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out_dir / "config.yaml")
         batches = self._batches()
-        bar = tqdm(total=end, initial=self.step, desc=f"train {self.cfg.name}", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=end,
+            initial=self.step,
+            desc=f"train {self.cfg.name}",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         record: dict = {}
         acc = _Meter(self.geo.num_levels)
         t_last = time.perf_counter()
         self.net.train()
         while self.step < end:
             self.opt.zero_grad(set_to_none=True)
+            micro_losses, micro_per = [], []  # a non-finite loss in any micro-batch poisons the step
             for micro in range(t.grad_accum):
                 t0 = time.perf_counter()
                 batch = next(batches)
@@ -253,8 +299,11 @@ class Trainer:
                     loss, per_sample, sigma = self._micro_step(batch)
                     (loss / t.grad_accum).backward()
                 acc.add(loss.detach(), per_sample, sigma)
-            if not torch.isfinite(loss):
-                per_level = per_sample.mean(0)
+                micro_losses.append(loss.detach())
+                micro_per.append(per_sample)
+            finite = torch.isfinite(torch.stack(micro_losses))
+            if not finite.all():
+                per_level = micro_per[int((~finite).nonzero()[0])].mean(0)
                 bad = [i for i, v in enumerate(per_level.tolist()) if not math.isfinite(v)]
                 last = list_checkpoints(self.out_dir)
                 raise TrainingDiverged(
@@ -262,7 +311,14 @@ class Trainer:
                     f"{per_level.tolist()}); stopping. Last good checkpoint: "
                     f"{last[-1] if last else 'none'}. Lower train.lr or raise train.warmup, then resume."
                 )
-            gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                self.net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")
+            )
+            if not torch.isfinite(gnorm):
+                raise TrainingDiverged(
+                    f"non-finite gradient norm at step {self.step + 1} with a finite loss; stopping. "
+                    f"Last good checkpoint: {_last(self.out_dir)}. Lower train.lr or train.grad_clip, then resume."
+                )
             self.opt.step()
             self.sched.step()
             self._update_ema()
@@ -276,8 +332,11 @@ class Trainer:
                 record = acc.record(self.step, now - t_last, self.sched.get_last_lr()[0])
                 t_last = now
                 acc = _Meter(self.geo.num_levels)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", it_s=f"{record['steps_per_s']:.2f}",
-                                vid_s=f"{record['videos_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}",
+                    it_s=f"{record['steps_per_s']:.2f}",
+                    vid_s=f"{record['videos_per_s']:.1f}",
+                )
                 if self.ctx.is_main:
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")

@@ -509,6 +509,8 @@ def render_shapes(
 class ShapesDataset(torch.utils.data.Dataset):
     """`num_samples` clips of the procedural `shapes` data at a fixed size; index i is scene i."""
 
+    num_classes = NUM_CLASSES
+
     def __init__(self, num_samples: int, num_frames: int, height: int, width: int, seed: int = 0):
         if num_samples < 1:
             raise ValueError(f"ShapesDataset: num_samples must be >= 1, got {num_samples}")

@@ -41,7 +41,9 @@ class Attention(nn.Module):
 
 def mlp(dim: int, ratio: float) -> nn.Sequential:
     hidden = int(dim * ratio)
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+    return nn.Sequential(
+        nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+    )
 
 
 class RINBlock(nn.Module):
@@ -158,14 +160,23 @@ class HPDM(nn.Module):
         cf, ch, cw = self.cube
         nf, nh, nw = self.grid
         y = self.detokenizer(self.detok_norm(t))
-        return rearrange(y, "n (f h w) (cf ch cw c) -> n c (f cf) (h ch) (w cw)", f=nf, h=nh, w=nw, cf=cf, ch=ch, cw=cw)
+        return rearrange(
+            y, "n (f h w) (cf ch cw c) -> n c (f cf) (h ch) (w cw)", f=nf, h=nh, w=nw, cf=cf, ch=ch, cw=cw
+        )
 
     def _cond_tokens(
-        self, c_noise: torch.Tensor, level_ids: torch.Tensor, labels: torch.Tensor | None, text: torch.Tensor | None
+        self,
+        c_noise: torch.Tensor,
+        level_ids: torch.Tensor,
+        labels: torch.Tensor | None,
+        text: torch.Tensor | None,
     ) -> torch.Tensor:
         """Conditioning tokens appended to each level's latents: (B, L, c, d_lat)."""
         B, L = c_noise.shape
-        toks = [self.noise_embed(c_noise)[:, :, None], self.level_embed(level_ids).expand(B, L, -1)[:, :, None]]
+        toks = [
+            self.noise_embed(c_noise)[:, :, None],
+            self.level_embed(level_ids).expand(B, L, -1)[:, :, None],
+        ]
         if self.class_embed is not None:
             if labels is None:
                 labels = torch.full((B,), self.null_class(), device=c_noise.device, dtype=torch.long)
@@ -205,7 +216,9 @@ class HPDM(nn.Module):
             src = src.detach()
         src = rearrange(src, "b p (f h w) d -> (b p) d f h w", f=self.grid[0], h=self.grid[1], w=self.grid[2])
         grid = relative_grid(tgt_off[:, ti], tgt_size[:, ti], src_off[:, si], src_size[:, si], self.grid)
-        sampled = F.grid_sample(src, grid.flatten(0, 1).to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+        sampled = F.grid_sample(
+            src, grid.flatten(0, 1).to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False
+        )
         sampled = rearrange(sampled, "(b p) d f h w -> b p (f h w) d", b=B)
         return torch.einsum("tp,bpnd->btnd", weights.to(sampled.dtype), sampled)
 
@@ -245,7 +258,9 @@ class HPDM(nn.Module):
         if L > 1:
             grid = relative_grid(offset[:, 1:], size[:, 1:], offset[:, :-1], size[:, :-1], self.patch)
             src = x[:, :-1].flatten(0, 1)
-            s = F.grid_sample(src, grid.flatten(0, 1), mode="bilinear", padding_mode="border", align_corners=False)
+            s = F.grid_sample(
+                src, grid.flatten(0, 1), mode="bilinear", padding_mode="border", align_corners=False
+            )
             prev = torch.cat([prev[:, :1], s.view(B, L - 1, *s.shape[1:])], dim=1)
         return prev
 
@@ -273,7 +288,9 @@ class HPDM(nn.Module):
             ta, za = t[:, :nb], z[:, :nb]
             if self.deep and nb > 1:
                 pairs, w = self._pairs(tuple(range(1, nb)), x.device)
-                ctx = self._sample_context(ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w)
+                ctx = self._sample_context(
+                    ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w
+                )
                 ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
             to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
             t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
@@ -309,7 +326,11 @@ class HPDM(nn.Module):
             lpb = self.levels_per_block[b]
             if lvl < lpb:  # the block processes the target level, so every coarse level is active
                 pairs, w = self._pairs((lvl,), x.device)
-                out.append(self._sample_context(t, offset, size, tgt_offset[:, None], tgt_size[:, None], pairs, w)[:, 0])
+                out.append(
+                    self._sample_context(t, offset, size, tgt_offset[:, None], tgt_size[:, None], pairs, w)[
+                        :, 0
+                    ]
+                )
             else:
                 out.append(None)
             if b == last:
@@ -318,7 +339,9 @@ class HPDM(nn.Module):
             ta, za = t[:, :nb], z[:, :nb]
             if nb > 1:
                 pairs, w = self._pairs(tuple(range(1, nb)), x.device)
-                ctx = self._sample_context(ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w)
+                ctx = self._sample_context(
+                    ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w
+                )
                 ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
             to, zo = self.blocks[b](ta.flatten(0, 1), za.flatten(0, 1))
             t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
@@ -340,7 +363,9 @@ class HPDM(nn.Module):
         """One level alone, given cached context from `context()`: x (B, 3, *patch), c_noise (B,), boxes (B, 3)."""
         B = x.shape[0]
         level_ids = torch.tensor([level], device=x.device)
-        t, z = self._embed(x[:, None], c_noise[:, None], offset[:, None], size[:, None], level_ids, labels, text)
+        t, z = self._embed(
+            x[:, None], c_noise[:, None], offset[:, None], size[:, None], level_ids, labels, text
+        )
         t, z = t[:, 0], z[:, 0]
         coords = self._coords(offset, size) if self.deep and level > 0 else None
         for b, lpb in enumerate(self.levels_per_block):
@@ -348,7 +373,9 @@ class HPDM(nn.Module):
                 continue
             if coords is not None:
                 if context is None or context[b] is None:
-                    raise ValueError(f"block {b} needs the context of level {level}; compute it with context()")
+                    raise ValueError(
+                        f"block {b} needs the context of level {level}; compute it with context()"
+                    )
                 t = self._fuse(b, t, context[b], coords)
             t, z = self.blocks[b](t, z)
         return self._detokenize(t).view(B, *x.shape[1:])

@@ -1,0 +1,55 @@
+"""Grow a low-resolution generator into a high-resolution pyramid model (paper §5.2, DESIGN §6).
+
+The base is typically a 1-level model trained at the patch size. The grown model shares every
+weight with it; its level 0 *is* the base: level-0 latents and level embedding are copied, new
+levels start from the base's level-0 latents, and the new deep-context-fusion layers start as
+identity (their default initialisation), so at step 0 the grown model's level 0 computes exactly
+what the base computed. Then `hpdm train CONFIG --init BASE` fine-tunes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from hpdm.model.hpdm import HPDM
+
+# Parameters whose first axis is the pyramid level: copy the base's levels, fill new ones from level 0.
+PER_LEVEL = ("latents", "level_embed.weight")
+
+
+def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Copy every compatible tensor of `base` into `model`; returns which keys were copied/grown/new."""
+    own = model.state_dict()
+    report: dict[str, list[str]] = {"copied": [], "grown": [], "new": [], "ignored": []}
+    with torch.no_grad():
+        for key, target in own.items():
+            src = base.get(key)
+            if src is None:
+                report["new"].append(key)
+            elif src.shape == target.shape:
+                target.copy_(src)
+                report["copied"].append(key)
+            elif key in PER_LEVEL and src.shape[1:] == target.shape[1:]:
+                n = min(src.shape[0], target.shape[0])
+                target[:n].copy_(src[:n])
+                target[n:].copy_(src[:1].expand_as(target[n:]))
+                report["grown"].append(key)
+            else:
+                raise ValueError(
+                    f"cannot initialise '{key}' of shape {tuple(target.shape)} from the base's "
+                    f"{tuple(src.shape)}: the base must have the same widths (model.dim, latent_dim, "
+                    "num_latents, num_blocks, cube, patch) as the grown config"
+                )
+        report["ignored"] = sorted(set(base) - set(own))
+    return report
+
+
+def init_from_checkpoint(model: HPDM, ckpt: str | Path, ema: bool = True) -> dict[str, list[str]]:
+    from hpdm.train import resolve_checkpoint
+
+    ck = resolve_checkpoint(ckpt)
+    name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
+    return init_from_state(model, load_file(str(ck / name)))

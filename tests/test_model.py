@@ -1,0 +1,264 @@
+"""The HPDM network: shapes, coarse → fine information flow, adaptive computation, DCF pieces,
+and the cached-context path used by tiled sampling."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hpdm.config import levels_per_block
+from hpdm.diffusion import Diffusion
+from hpdm.info import model_info
+from hpdm.model.hpdm import HPDM
+from hpdm.pyramid import PyramidGeometry, sample_boxes
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def geometry(cfg) -> PyramidGeometry:
+    return PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+
+
+def inputs(cfg, B: int = 2, seed: int = 0):
+    """Random level stack, noise levels, nested boxes and labels for the config's geometry."""
+    g = torch.Generator().manual_seed(seed)
+    geo = geometry(cfg)
+    L = geo.num_levels
+    boxes = sample_boxes(geo, B, g)
+    x = torch.randn(B, L, 3, *geo.patch, generator=g)
+    c_noise = torch.randn(B, L, generator=g) * 0.5
+    labels = torch.randint(0, cfg.model.num_classes, (B,), generator=g)
+    return x, c_noise, boxes.offset, boxes.size, labels
+
+
+def test_output_shapes_and_zero_init(tiny_config):
+    cfg = tiny_config()
+    model = HPDM(cfg)
+    x, c, off, size, labels = inputs(cfg)
+    out = model(x, c, off, size, labels)
+    assert out.shape == x.shape == (2, 3, 3, 2, 8, 8)
+    assert torch.all(out == 0)  # zero detokenizer: D starts as c_skip · x
+    for L in (1, 2):  # a prefix of the levels also runs
+        assert model(x[:, :L], c[:, :L], off[:, :L], size[:, :L], labels).shape == (2, L, 3, 2, 8, 8)
+    with pytest.raises(ValueError, match="3 levels"):
+        model(
+            torch.cat([x, x[:, :1]], 1),
+            torch.cat([c, c[:, :1]], 1),
+            torch.cat([off, off[:, :1]], 1),
+            torch.cat([size, size[:, :1]], 1),
+            labels,
+        )
+    # unconditional models and the null class
+    assert HPDM(tiny_config("model.num_classes=0"))(x, c, off, size).shape == x.shape
+    assert model.null_class() == 8 and model.class_embed.num_embeddings == 9
+
+
+def _jacobian_blocks(model, x, c, off, size, labels):
+    """nonzero[k][j][b][b2]: does level k of video b depend on the input of level j of video b2?"""
+    B, L = x.shape[:2]
+    x = x.clone().requires_grad_(True)
+    out = model(x, c, off, size, labels)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(out.shape, generator=g)
+    result = {}
+    for k in range(L):
+        for b in range(B):
+            (grad,) = torch.autograd.grad((out[b, k] * w[b, k]).sum(), x, retain_graph=True)
+            for j in range(L):
+                for b2 in range(B):
+                    result[k, b, j, b2] = grad[b2, j]
+    return result
+
+
+@pytest.mark.parametrize("lpb", ["[1,2,3]", "[3,3,3]"])
+def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb):
+    cfg = tiny_config(f"model.levels_per_block={lpb}")
+    model = perturbed(HPDM(cfg))
+    x, c, off, size, labels = inputs(cfg)
+    grads = _jacobian_blocks(model, x, c, off, size, labels)
+    for (k, b, j, b2), grad in grads.items():
+        if b2 != b or j > k:  # other videos and finer levels: exactly no influence
+            assert torch.all(grad == 0), (k, b, j, b2)
+        else:  # the level itself and every coarser level (deep fusion)
+            assert grad.abs().max() > 1e-4, (k, b, j, b2)
+
+
+def test_no_fusion_keeps_levels_independent(tiny_config, perturbed):
+    cfg = tiny_config("model.fusion=none")
+    model = perturbed(HPDM(cfg))
+    assert len(model.fusion) == 0
+    x, c, off, size, labels = inputs(cfg)
+    for (k, b, j, b2), grad in _jacobian_blocks(model, x, c, off, size, labels).items():
+        if b2 == b and j == k:
+            assert grad.abs().max() > 1e-4
+        else:
+            assert torch.all(grad == 0), (k, b, j, b2)
+
+
+def test_detached_context_blocks_gradients_but_not_values(tiny_config, perturbed):
+    cfg = tiny_config("model.detach_context=true")
+    model = perturbed(HPDM(cfg))
+    x, c, off, size, labels = inputs(cfg)
+    x = x.requires_grad_(True)
+    out = model(x, c, off, size, labels)
+    (grad,) = torch.autograd.grad(out[:, 2].square().sum(), x)
+    assert torch.all(grad[:, :2] == 0)  # the fine loss does not reach the coarse inputs
+    assert grad[:, 2].abs().max() > 1e-4
+    # ...but the fine level still reads the coarse levels in the forward pass
+    x2 = x.detach().clone()
+    x2[:, 0] += 1.0
+    out2 = model(x2, c, off, size, labels)
+    assert (out2[:, 2] - out[:, 2]).abs().max() > 1e-4
+
+
+def test_adaptive_computation_routes_levels_through_listed_blocks(tiny_config, perturbed):
+    cfg = tiny_config("model.levels_per_block=[1,2,3]", "model.fusion=none")
+    model = perturbed(HPDM(cfg))
+    B = 2
+    x, c, off, size, labels = inputs(cfg, B)
+    seen = {}
+
+    def hook(b):
+        def f(module, args, output):
+            seen[b] = (args[0].shape[0], args[1].shape[0])
+
+        return f
+
+    handles = [blk.register_forward_hook(hook(b)) for b, blk in enumerate(model.blocks)]
+    out = model(x, c, off, size, labels)
+    for h in handles:
+        h.remove()
+    assert seen == {0: (B * 1, B * 1), 1: (B * 2, B * 2), 2: (B * 3, B * 3)}
+
+    # with no fusion, level ℓ's output depends on exactly the blocks that list it
+    for lvl in range(3):
+        grads = torch.autograd.grad(
+            out[:, lvl].square().sum(), list(model.blocks.parameters()), retain_graph=True, allow_unused=True
+        )
+        per_block = {}
+        i = 0
+        for b, blk in enumerate(model.blocks):
+            n = len(list(blk.parameters()))
+            per_block[b] = [gr for gr in grads[i : i + n] if gr is not None]
+            i += n
+        for b, lpb in enumerate(levels_per_block(cfg)):
+            touched = any(gr.abs().max() > 0 for gr in per_block[b])
+            assert touched == (lvl < lpb), (lvl, b)
+
+
+def _measured_step_flops(cfg) -> int:
+    model = HPDM(cfg)
+    x, c, off, size, labels = inputs(cfg, B=1)
+    diffusion = Diffusion(cfg.diffusion, geometry(cfg))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _, _ = diffusion.loss(model, x, off, size, labels, null_class=model.null_class())
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def test_adaptive_computation_flops(tiny_config):
+    cfg = tiny_config("model.levels_per_block=[1,2,3]")
+    info = model_info(cfg, batch=1, measure_memory=False)
+    no_ac = copy.deepcopy(cfg)
+    no_ac.model.levels_per_block = None
+    assert info["train_step_flops"] == _measured_step_flops(cfg)
+    assert info["train_step_flops_without_ac"] == _measured_step_flops(no_ac)
+    assert info["train_step_flops"] < info["train_step_flops_without_ac"]
+    assert info["ac_flops_saving"] == pytest.approx(
+        1 - info["train_step_flops"] / info["train_step_flops_without_ac"]
+    )
+    assert info["ac_flops_saving"] > 0.1
+    # block b runs on B × levels_per_block[b] samples, so its FLOPs scale with it; fusion adds a Linear
+    # (2d + 6 → d) on every token of every fused level: 6 M K N FLOPs forward + backward.
+    d, n = cfg.model.dim, HPDM(cfg).num_tokens  # 8 tokens: (2, 8, 8) patches in (1, 4, 4) cubes
+    blocks = [bl["train_step_flops"] for bl in info["blocks"]]
+    for b, nb in enumerate([1, 2, 3]):
+        fusion = 6 * (nb - 1) * n * (2 * d + 6) * d
+        assert blocks[b] == pytest.approx(nb * blocks[0] + fusion, rel=1e-9)
+    assert [lv["blocks"] for lv in info["levels"]] == [[0, 1, 2], [1, 2], [2]]
+
+
+def test_fusion_is_identity_at_init(tiny_config):
+    for overrides, coord_dim in [((), 6), (("model.use_coords=false",), 0)]:
+        model = HPDM(tiny_config(*overrides))
+        assert sorted(model.fusion) == ["1", "2"]  # block 0 only processes level 0: nothing to fuse
+        d = model.cfg.dim
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(2, 2, model.num_tokens, d, generator=g)
+        ctx = torch.randn(2, 2, model.num_tokens, d, generator=g)
+        coords = torch.rand(2, 2, model.num_tokens, 6, generator=g)
+        for b in model.fusion:
+            assert model.fusion[b].in_features == 2 * d + coord_dim
+            assert torch.equal(model._fuse(int(b), a, ctx, coords), a)
+
+
+def test_sampled_context_of_same_box_is_the_parent(tiny_config):
+    model = HPDM(tiny_config())
+    d, n = model.cfg.dim, model.num_tokens
+    g = torch.Generator().manual_seed(0)
+    B = 3
+    xs = torch.randn(B, 2, n, d, generator=g)
+    size = torch.rand(B, 1, 3, generator=g) * 0.5 + 0.2
+    off = torch.rand(B, 1, 3, generator=g) * (1 - size)
+    boxes_off, boxes_size = off.expand(B, 3, 3), size.expand(B, 3, 3)  # three levels, one box
+
+    pairs, w = model._pairs((1,), torch.device("cpu"))  # level 1 reads level 0
+    ctx = model._sample_context(
+        xs, boxes_off[:, :2], boxes_size[:, :2], boxes_off[:, 1:2], boxes_size[:, 1:2], pairs, w
+    )
+    torch.testing.assert_close(ctx[:, 0], xs[:, 0], atol=1e-5, rtol=0)
+
+    pairs, w = model._pairs((1, 2), torch.device("cpu"))  # paper eq. 7: the mean over coarser levels
+    assert pairs.tolist() == [[0, 0], [1, 0], [1, 1]]
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5]]))
+    ctx = model._sample_context(
+        xs, boxes_off[:, :2], boxes_size[:, :2], boxes_off[:, 1:], boxes_size[:, 1:], pairs, w
+    )
+    torch.testing.assert_close(ctx[:, 0], xs[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ctx[:, 1], (xs[:, 0] + xs[:, 1]) / 2, atol=1e-5, rtol=0)
+
+
+def test_sampled_context_reads_the_child_region(tiny_config):
+    """A child box = the left half of its parent in w interpolates the parent's left token columns."""
+    model = HPDM(tiny_config("pyramid.patch=[2,8,16]", "pyramid.target=[4,32,64]"))
+    nf, nh, nw = model.grid  # (2, 2, 4)
+    d = model.cfg.dim
+    xs = torch.randn(1, 1, nf, nh, nw, d)
+    # parent tokens along w: columns 0..3; the child's 4 columns sit at 1/8, 3/8, 5/8, 7/8 of [0, 2)
+    off = torch.tensor([[[0.0, 0.0, 0.0]]])
+    size = torch.tensor([[[1.0, 1.0, 1.0]]])
+    child_off, child_size = torch.tensor([[[0.0, 0.0, 0.0]]]), torch.tensor([[[1.0, 1.0, 0.5]]])
+    pairs, w = model._pairs((1,), torch.device("cpu"))
+    ctx = model._sample_context(xs.flatten(2, 4), off, size, child_off, child_size, pairs, w)
+    ctx = ctx.view(1, nf, nh, nw, d)
+    c0, c1, c2 = (xs[0, 0, ..., i, :] for i in range(3))
+    # child column centres in parent token-index units: -0.25 (clamped to the border), 0.25, 0.75, 1.25
+    want = torch.stack([c0, c0 + 0.25 * (c1 - c0), c0 + 0.75 * (c1 - c0), c1 + 0.25 * (c2 - c1)], dim=-2)
+    torch.testing.assert_close(ctx[0], want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("lpb", ["[1,2,3]", "null"])
+def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb):
+    cfg = tiny_config(f"model.levels_per_block={lpb}")
+    model = perturbed(HPDM(cfg), std=0.1)
+    x, c, off, size, labels = inputs(cfg, B=3)
+    with torch.no_grad():
+        joint = model(x, c, off, size, labels)
+        alone = model.forward_level(x[:, 0], c[:, 0], off[:, 0], size[:, 0], 0, None, labels)
+        torch.testing.assert_close(alone, joint[:, 0], atol=1e-5, rtol=1e-5)
+        for lvl in (1, 2):
+            ctx = model.context(
+                x[:, :lvl], c[:, :lvl], off[:, :lvl], size[:, :lvl], off[:, lvl], size[:, lvl], labels
+            )
+            assert len(ctx) == cfg.model.num_blocks
+            lpbs = levels_per_block(cfg)
+            assert [t is not None for t in ctx] == [lvl < v for v in lpbs]
+            out = model.forward_level(x[:, lvl], c[:, lvl], off[:, lvl], size[:, lvl], lvl, ctx, labels)
+            assert (out - joint[:, lvl]).abs().max() < 1e-5, lvl
+            assert out.abs().max() > 1e-2  # a real output, not a trivially equal zero
+        with pytest.raises(ValueError, match="context"):
+            model.forward_level(x[:, 1], c[:, 1], off[:, 1], size[:, 1], 1, None, labels)
