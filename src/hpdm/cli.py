@@ -32,7 +32,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from hpdm.train import Trainer
 
     cfg = load_config(a.config, a.overrides)
-    trainer = Trainer(cfg, out_dir=a.out, resume=a.resume, device=a.device)
+    trainer = Trainer(cfg, out_dir=a.out, resume=a.resume, device=a.device, init=a.init)
     if trainer.ctx.is_main:
         print(
             f"training {cfg.name}: {cfg.train.steps} steps, out {trainer.out_dir} (from step {trainer.step})"
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until", type=int, default=None, help="stop after this step (keeps the schedule of train.steps)"
     )
+    p.add_argument("--init", default=None, help="initialise from a base checkpoint: grow it (paper §5.2)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("info", help="parameters, tokens, FLOPs per level/block, activation memory")

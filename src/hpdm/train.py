@@ -107,6 +107,7 @@ class Trainer:
         resume: str | None = None,
         device=None,
         progress: bool = True,
+        init: str | Path | None = None,
     ):
         self.cfg = cfg
         self.ctx = dist.init()
@@ -125,6 +126,15 @@ class Trainer:
         self.diffusion = Diffusion(cfg.diffusion, self.geo)
         self.model = HPDM(cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
+        if init is not None:  # grow a base model into this one (paper §5.2); a resume overrides it
+            from hpdm.grow import init_from_checkpoint
+
+            rep = init_from_checkpoint(self.model, init)
+            if self.ctx.is_main and progress:
+                print(
+                    f"initialised from {init}: {len(rep['copied'])} copied, {len(rep['grown'])} grown, "
+                    f"{len(rep['new'])} new tensors ({', '.join(rep['new'][:6])}{' ...' if len(rep['new']) > 6 else ''})"
+                )
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = dist.wrap(self.model, cfg, self.ctx)
         self.opt = build_optimizer(self.net, t.optimizer, t.lr, t.weight_decay, t.betas)

@@ -1,0 +1,49 @@
+"""Growing a low-resolution base into a pyramid model: its level 0 is the base at step 0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpdm.cli import main
+from hpdm.config import load_config
+from hpdm.grow import init_from_state
+from hpdm.model.hpdm import HPDM
+
+BASE = ["pyramid.target=[2,8,8]", "pyramid.num_levels=1", "model.levels_per_block=[1,1,1]"]
+
+
+def test_grown_level0_equals_base():
+    torch.manual_seed(0)
+    base = HPDM(load_config("tiny", BASE))
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grown = HPDM(load_config("tiny"))
+    report = init_from_state(grown, base.state_dict())
+    assert "latents" in report["grown"] and "level_embed.weight" in report["grown"]
+    assert any(k.startswith("fusion.") for k in report["new"])
+    x = torch.randn(2, 1, 3, 2, 8, 8)
+    c = torch.randn(2, 1)
+    off, size = torch.zeros(2, 1, 3), torch.ones(2, 1, 3)
+    labels = torch.tensor([1, 4])
+    torch.testing.assert_close(grown(x, c, off, size, labels), base(x, c, off, size, labels))
+    # new levels start from the base's level-0 latents
+    assert torch.equal(grown.latents[2], base.latents[0])
+
+
+def test_grow_rejects_different_widths():
+    base = HPDM(load_config("tiny", BASE + ["model.dim=16", "model.heads=2"]))
+    with pytest.raises(ValueError, match="same widths"):
+        init_from_state(HPDM(load_config("tiny")), base.state_dict())
+
+
+def test_train_cli_init_from_base(tmp_path, capsys):
+    base_dir, grown_dir = tmp_path / "base", tmp_path / "grown"
+    assert main(["train", "tiny", *BASE, "train.steps=2", f"train.out_dir={base_dir}"]) == 0
+    assert (
+        main(["train", "tiny", "train.steps=2", f"train.out_dir={grown_dir}", "--init", str(base_dir)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "initialised from" in out and "grown" in out
+    assert (grown_dir / "checkpoints" / "step_0000002" / "model.safetensors").exists()
