@@ -58,6 +58,27 @@ class Diffusion:
         )
         return (self.P_mean.to(n.device) + self.P_std.to(n.device) * n).exp().to(device)
 
+    def draw(
+        self,
+        batch: int,
+        shape: tuple[int, ...],
+        generator: torch.Generator | list[torch.Generator] | None,
+        device,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss's random draws, in this order: σ (B, L), unit noise (B, *shape), drop mask (B,).
+
+        A list of generators draws each video from its own, so a video's draws do not depend on
+        the batch it is in (the trainer keys them by the video's position in the sample stream).
+        """
+        if isinstance(generator, list | tuple):
+            parts = [self.draw(1, shape, g, device) for g in generator]
+            return tuple(torch.cat(p) for p in zip(*parts))
+        sigma = self.sample_sigma(batch, generator, device)
+        gdev = _gen_device(generator, device)
+        noise = torch.randn((batch, *shape), generator=generator, device=gdev).to(device)
+        drop = torch.rand(batch, generator=generator, device=gdev).to(device) < self.cfg.cond_drop
+        return sigma, noise, drop
+
     def denoise(
         self, net, y: torch.Tensor, sigma: torch.Tensor, offset, size, labels=None, text=None
     ) -> torch.Tensor:
@@ -77,21 +98,19 @@ class Diffusion:
         size: torch.Tensor,
         labels: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         null_class: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """EDM loss summed over levels. x (B, L, 3, *patch) clean patches in [-1, 1].
 
         Returns (loss, per-sample per-level loss (B, L) detached, σ (B, L)). Conditions are
-        dropped with p = cond_drop (per video, for all its levels).
+        dropped with p = cond_drop (per video, for all its levels). `generator` may be a list of
+        one generator per video (see `draw`).
         """
         B, L = x.shape[:2]
         dev = x.device
-        sigma = self.sample_sigma(B, generator, dev)
         y = x / self.sigma_in.to(dev)[None, :, None, None, None, None]
-        gdev = _gen_device(generator, dev)
-        noise = torch.randn(y.shape, generator=generator, device=gdev).to(dev)
-        drop = torch.rand(B, generator=generator, device=gdev).to(dev) < self.cfg.cond_drop
+        sigma, noise, drop = self.draw(B, y.shape[1:], generator, dev)
         if labels is not None and null_class is not None:
             labels = torch.where(drop, torch.full_like(labels, null_class), labels)
         if text is not None:

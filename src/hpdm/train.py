@@ -27,7 +27,7 @@ from hpdm.data import batch_stream, build_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
 from hpdm.optim import build_optimizer, lr_lambda
-from hpdm.pyramid import PyramidGeometry, extract_patches, sample_boxes
+from hpdm.pyramid import Boxes, PyramidGeometry, extract_patches, sample_boxes
 
 CKPT_PREFIX = "step_"
 TMP_PREFIX = ".tmp_"
@@ -40,6 +40,18 @@ def _last(out_dir) -> str:
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the message names the step and the level."""
+
+
+_M64 = (1 << 64) - 1
+
+
+def _seed(seed: int, position: int, stream: int) -> int:
+    """A well-mixed 63-bit seed for (run seed, sample position, stream): SplitMix64's finaliser.
+    Every bit matters: CPU generators keep only the low 32."""
+    x = (seed * 0x9E3779B97F4A7C15 + position * 0xD1B54A32D192ED03 + stream * 0x8CB92BA72F3D8DD7) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return (x ^ (x >> 31)) >> 1
 
 
 def geometry(cfg: Config) -> PyramidGeometry:
@@ -121,7 +133,7 @@ class Trainer:
         if t.precision == "bf16" and self.device.type != "cuda":
             raise ValueError("train.precision=bf16 is CUDA-only (it is ~17x slower on CPU); use fp32")
 
-        torch.manual_seed(t.seed + self.ctx.rank)
+        torch.manual_seed(t.seed)  # the same initial weights on every rank and in one process
         self.geo = geometry(cfg)
         self.diffusion = Diffusion(cfg.diffusion, self.geo)
         self.model = HPDM(cfg).to(self.device)
@@ -137,11 +149,12 @@ class Trainer:
                 )
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = dist.wrap(self.model, cfg, self.ctx)
+        self.ema = dist.wrap_ema(self.ema, self.ctx)  # sharded like the model under FSDP
+        torch.manual_seed(t.seed + self.ctx.rank)
         self.opt = build_optimizer(self.net, t.optimizer, t.lr, t.weight_decay, t.betas)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lr_lambda(t.warmup, t.steps, t.schedule, t.min_lr_ratio)
         )
-        self.gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + self.ctx.rank)
         self.step = 0
         self._tb = None
         self.dataset = build_dataset(cfg, train=True)
@@ -167,22 +180,25 @@ class Trainer:
 
     def load_checkpoint(self, ck: Path) -> None:
         dist.load_model_state(self.net, self.model, load_file(str(ck / "model.safetensors")), self.ctx)
-        self.ema.load_state_dict(load_file(str(ck / "ema.safetensors")))
+        dist.load_model_state(None, self.ema, load_file(str(ck / "ema.safetensors")), self.ctx)
         st = torch.load(ck / "training.pt", map_location="cpu", weights_only=True)
         dist.load_optimizer_state(self.net, self.opt, st["optimizer"], self.ctx)
         self.sched.load_state_dict(st["scheduler"])
-        rng = st["rng"][min(self.ctx.rank, len(st["rng"]) - 1)]
-        torch.set_rng_state(rng["torch"])
-        self.gen.set_state(rng["gen"].to(self.gen.get_state().device))
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"])
+        # The training draws are keyed by sample position (`_generators`), not by these states; a
+        # rank that the saving run did not have keeps its own seed.
+        if self.ctx.rank < len(st["rng"]):
+            rng = st["rng"][self.ctx.rank]
+            torch.set_rng_state(rng["torch"])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"])
         self.step = json.loads((ck / "state.json").read_text())["step"]
 
     def save_checkpoint(self) -> Path | None:
         """Atomic save: write `.tmp_step_N/`, then rename to `step_N/`; prune to `train.keep`."""
         model_state = dist.model_state(self.net, self.model, self.ctx)
+        ema_state = dist.model_state(None, self.ema, self.ctx)
         opt_state = dist.optimizer_state(self.net, self.opt, self.ctx)
-        rng = {"torch": torch.get_rng_state(), "gen": self.gen.get_state().cpu()}
+        rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
         rngs = dist.gather_objects(rng, self.ctx)
@@ -198,10 +214,7 @@ class Trainer:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors")
         )
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()},
-            str(tmp / "ema.safetensors"),
-        )
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
         torch.save(
             {"optimizer": opt_state, "scheduler": self.sched.state_dict(), "rng": rngs}, tmp / "training.pt"
         )
@@ -227,22 +240,42 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------
     def _batches(self):
+        """Micro-batches from the current step on, each with `position`: where its videos sit in
+        the global sample stream (micro-batch k of rank r holds positions k·b·W + r·b + [0, b), the
+        slice `StepBatchSampler` gives that rank)."""
         t, d = self.cfg.train, self.cfg.data
-        micro = t.batch_size
-        return batch_stream(
+        micro, start = t.batch_size, self.step * t.grad_accum
+        stream = batch_stream(
             self.dataset,
             micro,
             seed=d.seed + t.seed,
-            start_step=self.step * t.grad_accum,
+            start_step=start,
             rank=self.ctx.rank,
             world=self.ctx.world,
             num_workers=d.num_workers,
             pin_memory=d.pin_memory and self.device.type == "cuda",
         )
+        for k, batch in enumerate(stream, start):
+            first = (k * self.ctx.world + self.ctx.rank) * micro
+            batch["position"] = torch.arange(first, first + len(batch["video"]))
+            yield batch
+
+    def _generators(self, positions: torch.Tensor) -> tuple[list[torch.Generator], list[torch.Generator]]:
+        """Per-video generators for box positions (CPU) and for σ, noise and condition dropout (on
+        the device), seeded by (train.seed, the video's stream position). A video's draws thus do
+        not depend on the world size, the micro-batch split or a resume: 2 ranks × batch b train
+        exactly like 1 process × batch 2b."""
+        seed = self.cfg.train.seed
+        boxes = [torch.Generator().manual_seed(_seed(seed, int(p), 0)) for p in positions]
+        loss = [torch.Generator(device=self.device).manual_seed(_seed(seed, int(p), 1)) for p in positions]
+        return boxes, loss
 
     def _micro_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         video = batch["video"].to(self.device, non_blocking=True)
-        boxes = sample_boxes(self.geo, video.shape[0], generator=self._cpu_gen()).to(self.device)
+        box_gens, loss_gens = self._generators(batch["position"])
+        per_video = [sample_boxes(self.geo, 1, generator=g) for g in box_gens]
+        boxes = Boxes(*(torch.cat([getattr(b, k) for b in per_video]) for k in ("offset", "size", "pixel")))
+        boxes = boxes.to(self.device)
         x = extract_patches(video, self.geo, boxes)
         labels = batch["label"].to(self.device) if self.cfg.model.num_classes > 0 else None
         if labels is not None and ((labels < 0) | (labels >= self.cfg.model.num_classes)).any():
@@ -266,17 +299,10 @@ class Trainer:
                 boxes.size,
                 labels,
                 text,
-                self.gen,
+                loss_gens,
                 null_class=self.model.null_class(),
             )
         return loss, per_level, sigma
-
-    def _cpu_gen(self) -> torch.Generator:
-        # Box positions come from the same generator stream as the noise, drawn on its device.
-        if self.gen.device.type == "cpu":
-            return self.gen
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.gen, device=self.gen.device).item())
-        return torch.Generator().manual_seed(seed)
 
     def train(self, until: int | None = None) -> dict:
         """Train to `train.steps` (or `until`); returns the last log record."""
