@@ -10,6 +10,7 @@ import torch
 
 import hpdm.train as train_mod
 from hpdm.data import build_dataset
+from hpdm.data.shapes import ShapesDataset
 from hpdm.pyramid import extract_patches, sample_boxes
 from hpdm.train import Trainer, TrainingDiverged, list_checkpoints, load_model, resolve_checkpoint
 
@@ -173,8 +174,12 @@ def test_nan_in_an_early_micro_batch_is_caught(tiny_config):
     assert [p.name for p in list_checkpoints(tr.out_dir)] == ["step_0000001"]
 
 
-def test_class_id_out_of_range_is_a_clear_error(tiny_config):
-    # the shapes dataset has 8 classes; a 4-class model must refuse its labels, before any step
+def test_class_id_out_of_range_is_a_clear_error(tiny_config, monkeypatch):
+    # the shapes dataset declares 8 classes: a 4-class model is refused when the trainer is built
+    with pytest.raises(ValueError, match="set model.num_classes=8"):
+        Trainer(tiny_config("model.num_classes=4", "train.steps=3"), progress=False)
+    # a dataset that does not declare its classes is caught at the first batch, before any step
+    monkeypatch.delattr(ShapesDataset, "num_classes")
     tr = Trainer(tiny_config("model.num_classes=4", "train.steps=3"), progress=False)
     with pytest.raises(ValueError) as e:
         tr.train()
