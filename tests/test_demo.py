@@ -41,14 +41,22 @@ def test_demo_videos_show_their_class():
 
     model, cfg = load_model(demo_checkpoint())
     labels = torch.arange(8)
-    gen = Cascade(model, cfg).generate(num=8, labels=labels, size=(8, 64, 64), steps=16, seed=1, progress=False)
+    gen = Cascade(model, cfg).generate(
+        num=8, labels=labels, size=(8, 64, 64), steps=16, seed=1, progress=False
+    )
     acc = class_accuracy(load_classifier(), gen.video, labels)
     assert acc >= 0.75, acc
 
 
 def test_demo_train_retrains_from_scratch(tmp_path, capsys):
     out = tmp_path / "retrain"
-    small = ["model.dim=32", "model.latent_dim=32", "model.num_latents=8", "model.heads=2", "train.batch_size=2"]
+    small = [
+        "model.dim=32",
+        "model.latent_dim=32",
+        "model.num_latents=8",
+        "model.heads=2",
+        "train.batch_size=2",
+    ]
     args = ["demo", "--train", "--steps", "2", "--out", str(out), "--size", "8x32x32", "--sample-steps", "2"]
     assert main([*args, "--quiet", *small]) == 0
     assert "trained the demo model" in capsys.readouterr().out

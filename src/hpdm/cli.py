@@ -41,6 +41,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if trainer.ctx.is_main:
         print(json.dumps({k: v for k, v in rec.items() if k != "loss_by_sigma"}))
         print(f"checkpoints in {trainer.out_dir / 'checkpoints'}")
+    from hpdm import distributed as dist
+
+    dist.reset()  # under torchrun: destroy the process group before exit (gloo can abort otherwise)
     return 0
 
 

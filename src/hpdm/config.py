@@ -119,7 +119,9 @@ class SampleConfig:
     cfg: float = 1.0  # classifier-free guidance scale (1 = off)
     overlap: str = "spatial"  # none | spatial | full
     tile_batch: int = 16
-    context_sigma: float = 0.05  # noise level of the finished coarse levels fed as context (a σ training sees often)
+    context_sigma: float = (
+        0.05  # noise level of the finished coarse levels fed as context (a σ training sees often)
+    )
     cache: str = "context"  # context | none
     cache_budget_mb: int = 2048
     fps: int = 8

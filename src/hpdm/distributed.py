@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -199,14 +199,12 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_p, src, 1 - decay)
 
 
-def full_params(net: nn.Module, model: nn.Module, ctx: DistContext) -> list[torch.Tensor]:
-    """Every parameter as a full (unsharded) tensor, in `model.parameters()` order."""
-    return [full_tensor(p.detach()) for p in model.parameters()]
-
-
 def model_state(net: nn.Module | None, model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
-    """The full `state_dict` of `model` on every rank (a collective per tensor under FSDP)."""
-    return {k: full_tensor(v) for k, v in model.state_dict().items()}
+    """The full `state_dict` of `model` on every rank (a collective per tensor under FSDP, gathered
+    one tensor at a time and moved to the CPU, so a GPU never holds the whole model at once)."""
+    if ctx.mode != "fsdp":
+        return model.state_dict()
+    return {k: full_tensor(v).cpu() for k, v in model.state_dict().items()}
 
 
 def load_model_state(
@@ -237,7 +235,8 @@ def load_optimizer_state(net: nn.Module, opt, state: dict, ctx: DistContext) -> 
         params = [p for g in opt.param_groups for p in g["params"]]
         state = {
             "state": {
-                i: {k: _shard_like(v, params[int(i)]) for k, v in s.items()} for i, s in state["state"].items()
+                i: {k: _shard_like(v, params[int(i)]) for k, v in s.items()}
+                for i, s in state["state"].items()
             },
             "param_groups": state["param_groups"],
         }
@@ -289,7 +288,7 @@ def _is_comm_error(e: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def guard(ctx: DistContext, where: str) -> Iterator[None]:
+def guard(ctx: DistContext, where: Callable[[], str]) -> Iterator[None]:
     """Turn a failed / timed-out collective into `RanksLost` with a message that says what happened."""
     if not ctx.distributed:
         yield
@@ -303,7 +302,7 @@ def guard(ctx: DistContext, where: str) -> Iterator[None]:
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise RanksLost(
-            f"rank {ctx.rank}/{ctx.world} lost the other ranks {where}: another rank died or did not "
+            f"rank {ctx.rank}/{ctx.world} lost the other ranks {where()}: another rank died or did not "
             f"answer within HPDM_DIST_TIMEOUT={ctx.timeout_s:g}s ({first}). The failing rank's own "
             "output (and torchrun's summary) names the cause; fix it and restart with --resume auto."
         ) from e

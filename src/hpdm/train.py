@@ -214,7 +214,9 @@ class Trainer:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors")
         )
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors")
+        )
         torch.save(
             {"optimizer": opt_state, "scheduler": self.sched.state_dict(), "rng": rngs}, tmp / "training.pt"
         )
@@ -245,7 +247,7 @@ class Trainer:
         slice `StepBatchSampler` gives that rank)."""
         t, d = self.cfg.train, self.cfg.data
         micro, start = t.batch_size, self.step * t.grad_accum
-        stream = batch_stream(
+        stream = batch_stream(  # made now, so its workers start before the first timed wait
             self.dataset,
             micro,
             seed=d.seed + t.seed,
@@ -255,6 +257,10 @@ class Trainer:
             num_workers=d.num_workers,
             pin_memory=d.pin_memory and self.device.type == "cuda",
         )
+        return self._with_positions(stream, start)
+
+    def _with_positions(self, stream, start: int):
+        micro = self.cfg.train.batch_size
         for k, batch in enumerate(stream, start):
             first = (k * self.ctx.world + self.ctx.rank) * micro
             batch["position"] = torch.arange(first, first + len(batch["video"]))
@@ -306,6 +312,10 @@ class Trainer:
 
     def train(self, until: int | None = None) -> dict:
         """Train to `train.steps` (or `until`); returns the last log record."""
+        with dist.guard(self.ctx, lambda: f"at step {self.step + 1}"):  # a lost rank: a clear error
+            return self._train(until)
+
+    def _train(self, until: int | None) -> dict:
         t = self.cfg.train
         end = min(t.steps, until) if until is not None else t.steps
         log_path = self.out_dir / "log.jsonl"
@@ -337,19 +347,13 @@ class Trainer:
                 acc.add(loss.detach(), per_sample, sigma)
                 micro_losses.append(loss.detach())
                 micro_per.append(per_sample)
-            finite = torch.isfinite(torch.stack(micro_losses))
-            if not finite.all():
-                per_level = micro_per[int((~finite).nonzero()[0])].mean(0)
-                bad = [i for i, v in enumerate(per_level.tolist()) if not math.isfinite(v)]
-                last = list_checkpoints(self.out_dir)
-                raise TrainingDiverged(
-                    f"non-finite loss at step {self.step + 1} (level {bad[0] if bad else '?'}: "
-                    f"{per_level.tolist()}); stopping. Last good checkpoint: "
-                    f"{last[-1] if last else 'none'}. Lower train.lr or raise train.warmup, then resume."
-                )
+            finite = bool(torch.isfinite(torch.stack(micro_losses)).all())
+            if not dist.all_true(finite, self.ctx):  # one rank's NaN stops every rank
+                self._diverged(micro_losses, micro_per)
             gnorm = torch.nn.utils.clip_grad_norm_(
                 self.net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")
             )
+            gnorm = dist.full_tensor(gnorm)  # a DTensor under FSDP; the same on every rank
             if not torch.isfinite(gnorm):
                 raise TrainingDiverged(
                     f"non-finite gradient norm at step {self.step + 1} with a finite loss; stopping. "
@@ -365,6 +369,7 @@ class Trainer:
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == end:
                 now = time.perf_counter()
+                acc.all_reduce(self.ctx)  # the log shows the whole global batch
                 record = acc.record(self.step, now - t_last, self.sched.get_last_lr()[0])
                 t_last = now
                 acc = _Meter(self.geo.num_levels)
@@ -379,10 +384,27 @@ class Trainer:
                     self._tensorboard(record)
             if self.step % t.ckpt_every == 0 or self.step == end:
                 self.save_checkpoint()
-            if t.sample_every and self.step % t.sample_every == 0 and self.ctx.is_main:
+            if t.sample_every and self.step % t.sample_every == 0:
                 self.write_samples()
         bar.close()
         return record
+
+    def _diverged(self, micro_losses: list[torch.Tensor], micro_per: list[torch.Tensor]) -> None:
+        """Raise TrainingDiverged on every rank, naming the rank, step and level that went non-finite."""
+        finite = torch.isfinite(torch.stack(micro_losses))
+        mine = None
+        if not finite.all():
+            per_level = micro_per[int((~finite).nonzero()[0])].mean(0).tolist()
+            bad = [i for i, v in enumerate(per_level) if not math.isfinite(v)]
+            mine = (bad[0] if bad else "?", per_level)
+        rank, (level, per_level) = next(
+            (r, m) for r, m in dist.gather_objects((self.ctx.rank, mine), self.ctx) if m
+        )
+        on = f" on rank {rank}" if self.ctx.distributed else ""
+        raise TrainingDiverged(
+            f"non-finite loss at step {self.step + 1}{on} (level {level}: {per_level}); stopping. "
+            f"Last good checkpoint: {_last(self.out_dir)}. Lower train.lr or raise train.warmup, then resume."
+        )
 
     def _tensorboard(self, record: dict) -> None:
         """Mirror the JSONL log to TensorBoard when it is installed (optional extra)."""
@@ -399,23 +421,29 @@ class Trainer:
                     self._tb.add_scalar(k, v, record["step"])
 
     @torch.no_grad()
-    def write_samples(self, num: int | None = None) -> Path:
-        """A few EMA samples (one per class when conditional) as mp4s and a contact sheet."""
+    def write_samples(self, num: int | None = None) -> Path | None:
+        """A few EMA samples (one per class when conditional) as mp4s and a contact sheet, by rank 0.
+
+        Call it on every rank: under FSDP the sharded EMA is gathered first (a collective)."""
         from hpdm.cli import save_outputs
         from hpdm.sampling import Cascade
 
+        ema = self.ema
+        if self.ctx.mode == "fsdp":
+            state = dist.model_state(None, self.ema, self.ctx)
+            ema = HPDM(self.cfg).to(self.device).eval() if self.ctx.is_main else None
+            if ema is not None:
+                ema.load_state_dict(state)
+        if not self.ctx.is_main:
+            return None
         n = num or max(1, min(8, self.cfg.model.num_classes or 4))
-        gen = Cascade(self.ema, self.cfg, self.device).generate(num=n, seed=0, progress=False)
+        gen = Cascade(ema, self.cfg, self.device).generate(num=n, seed=0, progress=False)
         out = self.out_dir / "samples" / f"step_{self.step:07d}"
         save_outputs(gen, out, self.cfg.sample.fps)
         return out
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.cfg.train.ema_decay
-        src = dist.full_params(self.net, self.model, self.ctx)
-        ema_p = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_p, src, 1 - decay)
+        dist.update_ema(self.ema, self.model, self.cfg.train.ema_decay)  # local: no communication
 
 
 class _Meter:
@@ -444,6 +472,25 @@ class _Meter:
         b = torch.bucketize(sigma.detach().float().log().cpu(), torch.tensor(self.EDGES))  # (B, L)
         self.bucket_sum.scatter_add_(1, b.T.contiguous(), per.T.contiguous())
         self.bucket_cnt.scatter_add_(1, b.T.contiguous(), torch.ones_like(per).T.contiguous())
+
+    def all_reduce(self, ctx: dist.DistContext) -> None:
+        """Sum the interval's sums over ranks; the data wait becomes the mean over ranks."""
+        if not ctx.distributed:
+            return
+        L, K = self.bucket_sum.shape
+        flat = torch.cat(
+            [
+                torch.tensor([self.n, self.loss, self.data_wait], dtype=torch.float64),
+                self.per_level.double(),
+                self.bucket_sum.double().flatten(),
+                self.bucket_cnt.double().flatten(),
+            ]
+        )
+        flat = dist.all_reduce_sum(flat, ctx)
+        self.n, self.loss, self.data_wait = int(flat[0]), float(flat[1]), float(flat[2]) / ctx.world
+        self.per_level = flat[3 : 3 + L].float()
+        self.bucket_sum = flat[3 + L : 3 + L + L * K].view(L, K).float()
+        self.bucket_cnt = flat[3 + L + L * K :].view(L, K).float()
 
     def record(self, step: int, dt: float, lr: float) -> dict:
         n = max(self.n, 1)

@@ -1,0 +1,177 @@
+"""Hardware utilisation of a training step: achieved FLOP/s over this machine's own fp32 matmul peak.
+
+    python benchmarks/bench_util.py --threads 1
+    python benchmarks/bench_util.py --preset ucf101-s --batch 4 --matmul 8192      # on a GPU
+
+FLOPs of one training step (forward + backward) are counted with
+`torch.utils.flop_counter.FlopCounterMode` on the device; the optimizer and EMA are not counted
+(a few FLOPs per parameter) but are timed, as in a real step. The peak is the best rate of a square
+fp32 matmul measured in the same run, with the same TF32 setting as training (CUDA: TF32 on, the
+trainer's default `train.tf32`; the strict-fp32 peak is reported too). Utilisation = achieved / peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import (
+    TrainStep,
+    add_common_args,
+    interleaved_times,
+    machine,
+    machine_line,
+    median,
+    parse_size,
+    setup,
+    size_str,
+    sync,
+    table,
+    variant_config,
+    write_result,
+)
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--target", type=parse_size, default=None, help="FxHxW (default: the preset's)")
+    ap.add_argument("--patch", type=parse_size, default=None)
+    ap.add_argument(
+        "--variants", default="hpdm+ac,full-res", help="hpdm+ac, hpdm, full-res (comma-separated)"
+    )
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument(
+        "--matmul", type=int, default=None, help="peak matmul size N (default 1024 CPU, 8192 CUDA)"
+    )
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=2)
+    add_common_args(ap)
+    ap.add_argument("overrides", nargs="*")
+    return ap
+
+
+def matmul_peak(n: int, device: torch.device, seconds: float = 2.0) -> float:
+    """Best FLOP/s of an n x n fp32 matmul (2 n^3 FLOPs) over ~`seconds` of repeats."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    c = torch.empty(n, n, device=device)
+    torch.matmul(a, b, out=c)
+    sync(device)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(4):
+            torch.matmul(a, b, out=c)
+        sync(device)
+        best = min(best, (time.perf_counter() - t0) / 4)
+    return 2 * n**3 / best
+
+
+def step_flops(step: TrainStep) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step.forward_backward()
+    return int(counter.get_total_flops())
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    device = setup(args)
+    m = machine(device)
+    print(machine_line(m))
+    from hpdm.config import load_config
+
+    target = args.target or tuple(load_config(args.preset, args.overrides).pyramid.target)
+    n = args.matmul or (8192 if device.type == "cuda" else 1024)
+    peaks = {}
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        peaks["fp32"] = matmul_peak(n, device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        peaks["tf32"] = matmul_peak(n, device)
+        peak_kind = "tf32"  # what the trainer uses (train.tf32 = true)
+    else:
+        peaks["fp32"] = matmul_peak(n, device)
+        peak_kind = "fp32"
+
+    steps, flops, cfgs = {}, {}, {}
+    for v in args.variants.split(","):
+        cfgs[v] = variant_config(args.preset, target, args.patch, v, args.overrides, args.batch)
+        steps[v] = TrainStep(cfgs[v], device)
+        steps[v]()
+        flops[v] = step_flops(steps[v])
+    times = interleaved_times(steps, device, args.rounds, args.reps)
+    peak_after = matmul_peak(n, device, seconds=1.0)  # the peak again: did the load change?
+    for s in steps.values():
+        s.close()
+
+    rows = []
+    for v in steps:
+        t = median(times[v])
+        rows.append(
+            {
+                "model": v,
+                "target": size_str(target),
+                "levels": cfgs[v].pyramid.num_levels,
+                "batch": args.batch,
+                "step_flops": flops[v],
+                "step_seconds": times[v],
+                "achieved_flops_per_s": flops[v] / t,
+                "utilisation": flops[v] / t / peaks[peak_kind],
+            }
+        )
+    print()
+    print(machine_line(m))
+    print(
+        "peak fp32 matmul "
+        + ", ".join(f"{k}: {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+        + f" (n={n}; {peak_after / 1e9:.1f} GFLOP/s again after the steps)"
+    )
+    print(
+        table(
+            [
+                "model",
+                "target",
+                "batch",
+                "GFLOP/step",
+                "s/step",
+                "achieved GFLOP/s",
+                f"utilisation of {peak_kind} peak",
+            ],
+            [
+                [
+                    r["model"],
+                    r["target"],
+                    r["batch"],
+                    r["step_flops"] / 1e9,
+                    median(r["step_seconds"]),
+                    r["achieved_flops_per_s"] / 1e9,
+                    f"{100 * r['utilisation']:.1f}%",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    write_result(
+        "bench_util",
+        {
+            "machine": m,
+            "note": args.note,
+            "preset": args.preset,
+            "overrides": args.overrides,
+            "matmul_n": n,
+            "peak_flops_per_s": peaks,
+            "peak_kind": peak_kind,
+            "peak_after_steps": peak_after,
+            "rows": rows,
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
