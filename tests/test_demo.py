@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from hpdm.cli import main
 from hpdm.data.shapes import SHAPES_CLASSES
 from hpdm.demo import demo_checkpoint
-from hpdm.metrics.classifier import class_accuracy, load_classifier
 
 
 def test_shipped_demo_checkpoint_is_small_and_documented():
@@ -32,20 +29,6 @@ def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
     assert (out / "contact_sheet.png").exists() and (out / "levels_sheet.png").exists()
     settings = json.loads((out / "settings.json").read_text())
     assert settings["size"] == [8, 64, 64] and settings["labels"] == list(range(8))
-
-
-def test_demo_videos_show_their_class():
-    """The shipped model's videos are recognisable: the shapes classifier names most classes right."""
-    from hpdm.sampling import Cascade
-    from hpdm.train import load_model
-
-    model, cfg = load_model(demo_checkpoint())
-    labels = torch.arange(8)
-    gen = Cascade(model, cfg).generate(
-        num=8, labels=labels, size=(8, 64, 64), steps=16, seed=1, progress=False
-    )
-    acc = class_accuracy(load_classifier(), gen.video, labels)
-    assert acc >= 0.75, acc
 
 
 def test_demo_train_retrains_from_scratch(tmp_path, capsys):
