@@ -465,3 +465,19 @@ def test_c3d_weights_loading(c3d_random, tmp_path):
     assert torch.equal(loaded.fc8.weight, c3d_random.fc8.weight.half().float())
     assert torch.equal(loaded.mean, c3d_random.mean.half().float())
     assert not loaded.training and not loaded.fc8.weight.requires_grad
+
+
+def test_seam_score_finds_tile_seams_and_ignores_the_token_grid():
+    from hpdm.metrics.seam import seam_score
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.randn(2, 3, 2, 64, 64, generator=g) * 0.1
+    assert abs(seam_score(smooth, (2, 16, 16), "none", (1, 4, 4)) - 1.0) < 0.1
+    seams = smooth.clone()
+    seams[..., 16:32, :] += 0.5  # a step at the tile edges h = 16 and h = 32
+    assert seam_score(seams, (2, 16, 16), "none", (1, 4, 4)) > 2.0
+    blocky = smooth + torch.randn(2, 3, 2, 16, 16, generator=g).repeat_interleave(4, -1).repeat_interleave(
+        4, -2
+    )
+    assert abs(seam_score(blocky, (2, 16, 16), "none", (1, 4, 4)) - 1.0) < 0.1  # token-grid steps only
+    assert seam_score(blocky, (2, 16, 16), "none") > 1.5  # without the cube they look like seams

@@ -121,7 +121,9 @@ def run_report(
         fr = np.concatenate([extractor(to_fvd_clip(x)) for x in reals[lvl].split(batch_size)])
         ff = np.concatenate([extractor(to_fvd_clip(x)) for x in fakes[lvl].split(batch_size)])
         fvd.append(frechet_distance(*compute_stats(fr), *compute_stats(ff)))
-    seams = [seam_score(fakes[lvl], cfg.pyramid.patch, overlap) for lvl in range(1, geo.num_levels)]
+    seams = [
+        seam_score(fakes[lvl], cfg.pyramid.patch, overlap, cfg.model.cube) for lvl in range(1, geo.num_levels)
+    ]
     clf = load_classifier(classifier_path)
     acc_fake = class_accuracy(clf, fakes[-1], labels)
     acc_real = class_accuracy(clf, reals[-1], torch.cat(real_labels))
