@@ -19,4 +19,6 @@ gen = Cascade(model, cfg).generate(num=8, labels=torch.arange(8), seed=0, progre
 seconds = time.perf_counter() - t0
 sheet = contact_sheet(list(gen.video), max_frames=4, labels=SHAPES_CLASSES)
 sheet.convert("RGB").save(out, quality=85)
-print(f"wrote {out}: 8 videos of 16x128x128 in {seconds:.1f} s on {platform.machine()} CPU, torch {torch.__version__}")
+print(
+    f"wrote {out}: 8 videos of 16x128x128 in {seconds:.1f} s on {platform.machine()} CPU, torch {torch.__version__}"
+)
