@@ -284,18 +284,23 @@ class HPDM(nn.Module):
         t, z = self._embed(x, c_noise, offset, size, level_ids, labels, text)
         coords = self._coords(offset, size) if self.deep else None
         for b, lpb in enumerate(self.levels_per_block):
-            nb = min(lpb, L)
-            ta, za = t[:, :nb], z[:, :nb]
-            if self.deep and nb > 1:
-                pairs, w = self._pairs(tuple(range(1, nb)), x.device)
-                ctx = self._sample_context(
-                    ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w
-                )
-                ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
-            to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
-            t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
-            z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
+            t, z = self._stack_block(b, min(lpb, L), t, z, offset, size, coords)
         return self._detokenize(t.flatten(0, 1)).view(x.shape)
+
+    def _stack_block(self, b, nb, t, z, offset, size, coords):
+        """Block `b` on the first `nb` levels of a stack (DCF first); the other levels keep their activations."""
+        B = t.shape[0]
+        ta, za = t[:, :nb], z[:, :nb]
+        if self.deep and nb > 1:
+            pairs, w = self._pairs(tuple(range(1, nb)), t.device)
+            ctx = self._sample_context(
+                ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w
+            )
+            ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
+        to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
+        t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
+        z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
+        return t, z
 
     def context(
         self,
@@ -335,17 +340,7 @@ class HPDM(nn.Module):
                 out.append(None)
             if b == last:
                 break
-            nb = min(lpb, lvl)
-            ta, za = t[:, :nb], z[:, :nb]
-            if nb > 1:
-                pairs, w = self._pairs(tuple(range(1, nb)), x.device)
-                ctx = self._sample_context(
-                    ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w
-                )
-                ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
-            to, zo = self.blocks[b](ta.flatten(0, 1), za.flatten(0, 1))
-            t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
-            z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
+            t, z = self._stack_block(b, min(lpb, lvl), t, z, offset, size, coords)
         out += [None] * (len(self.levels_per_block) - len(out))
         return out
 
