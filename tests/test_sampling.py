@@ -71,8 +71,9 @@ class GaussianOracle(torch.nn.Module):
         )
         self.cfg = model.cfg
         self.null_class = model.null_class
+        self.self_cond = None  # no latent self-conditioning
 
-    def forward_level(self, x, c_noise, offset, size, level, context, labels=None, text=None):
+    def forward_level(self, x, c_noise, offset, size, level, context, labels=None, text=None, **_):
         sigma = (4 * c_noise).exp()[:, None, None, None, None]
         sd = self.diffusion.sigma_data[level]
         s = self.data_std / self.diffusion.sigma_in[level]  # the data std in level ℓ's scaled space

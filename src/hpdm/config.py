@@ -63,6 +63,7 @@ class ModelConfig:
     detach_context: bool = False
     use_coords: bool = True
     dropout: float = 0.0
+    self_cond: float = 0.0  # latent self-conditioning rate (RIN); 0 = off
 
 
 @dataclass
@@ -335,6 +336,8 @@ def validate(cfg: Config) -> None:
                 f"at least one block must process all {p.num_levels} levels"
             )
     _choice(m.fusion, ("deep", "shallow", "none"), "model.fusion")
+    if not 0.0 <= m.self_cond <= 1.0:
+        raise ConfigError(f"model.self_cond={m.self_cond} is a probability; use a value in [0, 1] (RIN: 0.9)")
     if m.num_classes < 0:
         raise ConfigError("model.num_classes must be >= 0 (0 = unconditional)")
     if d.sigma_data <= 0 or d.sigma_in0 <= 0:

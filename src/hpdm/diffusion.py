@@ -64,31 +64,40 @@ class Diffusion:
         shape: tuple[int, ...],
         generator: torch.Generator | list[torch.Generator] | None,
         device,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The loss's random draws, in this order: σ (B, L), unit noise (B, *shape), drop mask (B,).
+        self_cond: float = 0.0,
+    ) -> tuple[torch.Tensor, ...]:
+        """The loss's random draws, in this order: σ (B, L), unit noise (B, *shape), drop mask (B,)
+        and, with `self_cond` > 0, the self-conditioning mask (B, L) (drawn last, so turning
+        self-conditioning on leaves the other draws unchanged).
 
         A list of generators draws each video from its own, so a video's draws do not depend on
         the batch it is in (the trainer keys them by the video's position in the sample stream).
         """
         if isinstance(generator, list | tuple):
-            parts = [self.draw(1, shape, g, device) for g in generator]
+            parts = [self.draw(1, shape, g, device, self_cond) for g in generator]
             return tuple(torch.cat(p) for p in zip(*parts))
         sigma = self.sample_sigma(batch, generator, device)
         gdev = _gen_device(generator, device)
         noise = torch.randn((batch, *shape), generator=generator, device=gdev).to(device)
         drop = torch.rand(batch, generator=generator, device=gdev).to(device) < self.cfg.cond_drop
-        return sigma, noise, drop
+        if self_cond <= 0:
+            return sigma, noise, drop
+        sc = torch.rand(batch, self.geo.num_levels, generator=generator, device=gdev).to(device) < self_cond
+        return sigma, noise, drop, sc[:, : shape[0]]
+
+    def coefficients(self, sigma: torch.Tensor, levels: int):
+        """EDM coefficients for σ (B, L') of levels 0..L'-1, broadcastable over (B, L', 3, *patch)."""
+        sd = self.sigma_data[:levels].to(sigma.device)
+        e = (...,) + (None,) * 4
+        return tuple(c[e] if k < 3 else c for k, c in enumerate(edm_coefficients(sigma, sd)))
 
     def denoise(
         self, net, y: torch.Tensor, sigma: torch.Tensor, offset, size, labels=None, text=None
     ) -> torch.Tensor:
         """D(y; σ) = c_skip·y + c_out·F(c_in·y, c_noise) for levels 0..L'-1: y (B, L', 3, ...) in scaled space."""
-        L = y.shape[1]
-        sd = self.sigma_data[:L].to(y.device)
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, sd)
-        e = (...,) + (None,) * 4
-        out = net(c_in[e] * y, c_noise, offset, size, labels, text)
-        return c_skip[e] * y + c_out[e] * out
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma, y.shape[1])
+        out = net(c_in * y, c_noise, offset, size, labels, text)
+        return c_skip * y + c_out * out
 
     def loss(
         self,
@@ -100,23 +109,34 @@ class Diffusion:
         text: torch.Tensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         null_class: int | None = None,
+        self_cond: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """EDM loss summed over levels. x (B, L, 3, *patch) clean patches in [-1, 1].
 
         Returns (loss, per-sample per-level loss (B, L) detached, σ (B, L)). Conditions are
         dropped with p = cond_drop (per video, for all its levels). `generator` may be a list of
-        one generator per video (see `draw`).
+        one generator per video (see `draw`). With `self_cond` > 0 (latent self-conditioning,
+        RIN), a first gradient-free pass gives latents that initialise the second pass's, for
+        each (video, level) with probability `self_cond`.
         """
         B, L = x.shape[:2]
         dev = x.device
         y = x / self.sigma_in.to(dev)[None, :, None, None, None, None]
-        sigma, noise, drop = self.draw(B, y.shape[1:], generator, dev)
+        sigma, noise, drop, *sc = self.draw(B, y.shape[1:], generator, dev, self_cond)
         if labels is not None and null_class is not None:
             labels = torch.where(drop, torch.full_like(labels, null_class), labels)
         if text is not None:
             text = text * (~drop).to(text.dtype)[:, None, None]
         e = (...,) + (None,) * 4
-        D = self.denoise(net, y + sigma[e] * noise, sigma, offset, size, labels, text)
+        y_noisy = y + sigma[e] * noise
+        if sc:
+            c_skip, c_out, c_in, c_noise = self.coefficients(sigma, L)
+            with torch.no_grad():
+                _, prev = net(c_in * y_noisy, c_noise, offset, size, labels, text, return_latents=True)
+            out = net(c_in * y_noisy, c_noise, offset, size, labels, text, prev=prev, prev_mask=sc[0])
+            D = c_skip * y_noisy + c_out * out
+        else:
+            D = self.denoise(net, y_noisy, sigma, offset, size, labels, text)
         sd = self.sigma_data.to(dev)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM λ(σ): unit weight on the F-target
         per = weight * ((D - y) ** 2).flatten(2).mean(-1)  # (B, L)

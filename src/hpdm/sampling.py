@@ -279,6 +279,10 @@ class Cascade:
             index,
         )
 
+        # latent self-conditioning: each tile's (and guidance branch's) latents of the previous
+        # denoiser call initialise its next call's
+        latents: list[torch.Tensor | None] = [None] * len(starts)
+
         def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
             y_tiles = crop(y, tiles, self.patch, index.to(dev))
@@ -286,7 +290,7 @@ class Cascade:
             for j, a in enumerate(starts):
                 sl = slice(a, a + chunk)
                 n = y_tiles[sl].shape[0]
-                F_out = self._net(
+                F_out, latents[j] = self._net(
                     lvl,
                     c_in * y_tiles[sl],
                     c_noise.expand(n).to(dev),
@@ -298,6 +302,7 @@ class Cascade:
                     tile_text,
                     sl,
                     guidance if use_cfg else None,
+                    latents[j],
                 )
                 out[sl] = c_skip * y_tiles[sl] + c_out * F_out
             canvas = paste_add(torch.zeros_like(y), out, tiles, index)
@@ -332,12 +337,17 @@ class Cascade:
         bar.close()
         return y
 
-    def _net(self, lvl, x, c_noise, off, size, coarse, context, labels, text, sl, guidance):
-        """F(c_in·y) of a batch of level-`lvl` tiles, with classifier-free guidance when asked."""
+    def _net(self, lvl, x, c_noise, off, size, coarse, context, labels, text, sl, guidance, prev):
+        """F(c_in·y) of a batch of level-`lvl` tiles, with classifier-free guidance when asked.
+
+        Returns (F, latents): the latents (None unless the model self-conditions) are fed back
+        as `prev` at the next call; with guidance they stack the conditional and unconditional
+        branches.
+        """
         lab = labels[sl] if labels is not None else None
         txt = text[sl] if text is not None else None
         if guidance is None:
-            return self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt)
+            return self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt, prev)
         n = x.shape[0]
         null_lab = torch.full_like(lab, self.model.null_class()) if lab is not None else None
         null_txt = torch.zeros_like(txt) if txt is not None else None
@@ -345,19 +355,37 @@ class Cascade:
         both_lab = torch.cat([lab, null_lab]) if lab is not None else None
         both_txt = torch.cat([txt, null_txt]) if txt is not None else None
         coarse2 = [(dup(c[0]), c[1], dup(c[2]), dup(c[3])) for c in coarse]
-        out = self._call(lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt)
+        out, lat = self._call(
+            lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt, prev
+        )
         cond, uncond = out[:n], out[n:]
-        return uncond + guidance * (cond - uncond)
+        return uncond + guidance * (cond - uncond), lat
 
-    def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text):
+    def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text, prev=None):
+        sc = self.model.self_cond is not None
         if lvl == 0 or context is not None:
-            return self.model.forward_level(x, c_noise, off, size, lvl, context, labels, text)
+            res = self.model.forward_level(
+                x, c_noise, off, size, lvl, context, labels, text, prev=prev, return_latents=sc
+            )
+            return res if sc else (res, None)
         n = x.shape[0]
         xs = torch.stack([c[0] for c in coarse] + [x], dim=1)
         cn = torch.stack([c[1].expand(n).to(x.device) for c in coarse] + [c_noise], dim=1)
         offs = torch.stack([c[2].to(x.device) for c in coarse] + [off], dim=1)
         sizes = torch.stack([c[3].to(x.device) for c in coarse] + [size], dim=1)
-        return self.model(xs, cn, offs, sizes, labels, text)[:, -1]
+        if not sc:
+            return self.model(xs, cn, offs, sizes, labels, text)[:, -1], None
+        # coarse levels are not self-conditioned at sampling (training leaves 1 - rate of them out)
+        prev_all = mask = None
+        if prev is not None:
+            prev_all = torch.zeros(n, lvl + 1, *prev.shape[1:], device=x.device, dtype=prev.dtype)
+            prev_all[:, -1] = prev
+            mask = torch.zeros(n, lvl + 1, dtype=torch.bool, device=x.device)
+            mask[:, -1] = True
+        out, lat = self.model(
+            xs, cn, offs, sizes, labels, text, prev=prev_all, prev_mask=mask, return_latents=True
+        )
+        return out[:, -1], lat[:, -1]
 
     def _build_cache(self, coarse, t_off, t_size, labels, text, use_cfg, starts, chunk):
         """Fused context of every tile, per block, computed once for all steps of this level.

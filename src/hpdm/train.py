@@ -307,6 +307,7 @@ class Trainer:
                 text,
                 loss_gens,
                 null_class=self.model.null_class(),
+                self_cond=self.cfg.model.self_cond,
             )
         return loss, per_level, sigma
 

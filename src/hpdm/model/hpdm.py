@@ -118,6 +118,10 @@ class HPDM(nn.Module):
         self.level_embed = nn.Embedding(self.num_levels, dl)
         self.class_embed = nn.Embedding(m.num_classes + 1, dl) if m.num_classes > 0 else None
         self.text_proj = nn.Linear(m.text_dim, dl) if m.text_dim > 0 else None
+        # latent self-conditioning (RIN): latents start from z_init + Linear(LN(previous latents))
+        self.self_cond = (
+            nn.Sequential(nn.LayerNorm(dl), nn.Linear(dl, dl)) if m.self_cond > 0 else None
+        )
 
         self.blocks = nn.ModuleList(
             RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio) for _ in range(m.num_blocks)
@@ -141,6 +145,8 @@ class HPDM(nn.Module):
             with torch.no_grad():
                 lin.weight[:, : self.cfg.dim].copy_(torch.eye(self.cfg.dim))
         nn.init.zeros_(self.detokenizer.weight)  # start as D = c_skip·x (DiT-style zero output)
+        if self.self_cond is not None:  # previous latents start with no effect
+            nn.init.zeros_(self.self_cond[1].weight)
         nn.init.normal_(self.level_embed.weight, std=0.02)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
@@ -242,13 +248,21 @@ class HPDM(nn.Module):
             return checkpoint(self.blocks[b], x, z, use_reentrant=False)
         return self.blocks[b](x, z)
 
-    def _embed(self, x, c_noise, offset, size, level_ids, labels, text):
+    def _embed(self, x, c_noise, offset, size, level_ids, labels, text, prev=None, prev_mask=None):
         B, L = x.shape[:2]
         if self.shallow:
             x = torch.cat([x, self._shallow_context(x, offset, size)], dim=2)
         tokens = self._tokenize(x.flatten(0, 1)).view(B, L, self.num_tokens, -1)  # (B, L, n, d)
         cond = self._cond_tokens(c_noise, level_ids, labels, text)
-        z = torch.cat([self.latents[level_ids].expand(B, -1, -1, -1), cond], dim=2)  # (B, L, m + c, d_lat)
+        lat = self.latents[level_ids].expand(B, -1, -1, -1)  # (B, L, m, d_lat)
+        if prev is not None:
+            if self.self_cond is None:
+                raise ValueError("previous latents given, but the model has model.self_cond=0")
+            upd = self.self_cond(prev)
+            if prev_mask is not None:  # (B, L): which level instances are self-conditioned
+                upd = upd * prev_mask[:, :, None, None].to(upd.dtype)
+            lat = lat + upd
+        z = torch.cat([lat, cond], dim=2)  # (B, L, m + c, d_lat)
         return tokens, z
 
     def _shallow_context(self, x: torch.Tensor, offset: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -275,17 +289,28 @@ class HPDM(nn.Module):
         size: torch.Tensor,
         labels: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Joint pass over levels 0..L-1: x (B, L, 3, *patch), c_noise (B, L), boxes (B, L, 3) → (B, L, 3, *patch)."""
+        prev: torch.Tensor | None = None,
+        prev_mask: torch.Tensor | None = None,
+        return_latents: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Joint pass over levels 0..L-1: x (B, L, 3, *patch), c_noise (B, L), boxes (B, L, 3) → (B, L, 3, *patch).
+
+        Self-conditioning: `prev` (B, L, m, d_lat) are latents of an earlier pass, used where
+        `prev_mask` (B, L) is true (everywhere when None). `return_latents` also returns this
+        pass's final latents (B, L, m, d_lat).
+        """
         B, L = x.shape[:2]
         if L > self.num_levels:
             raise ValueError(f"model was built for {self.num_levels} levels, got {L}")
         level_ids = torch.arange(L, device=x.device)
-        t, z = self._embed(x, c_noise, offset, size, level_ids, labels, text)
+        t, z = self._embed(x, c_noise, offset, size, level_ids, labels, text, prev, prev_mask)
         coords = self._coords(offset, size) if self.deep else None
         for b, lpb in enumerate(self.levels_per_block):
             t, z = self._stack_block(b, min(lpb, L), t, z, offset, size, coords)
-        return self._detokenize(t.flatten(0, 1)).view(x.shape)
+        out = self._detokenize(t.flatten(0, 1)).view(x.shape)
+        if return_latents:
+            return out, z[:, :, : self.cfg.num_latents]
+        return out
 
     def _stack_block(self, b, nb, t, z, offset, size, coords):
         """Block `b` on the first `nb` levels of a stack (DCF first); the other levels keep their activations."""
@@ -354,12 +379,25 @@ class HPDM(nn.Module):
         context: list[torch.Tensor | None] | None,
         labels: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One level alone, given cached context from `context()`: x (B, 3, *patch), c_noise (B,), boxes (B, 3)."""
+        prev: torch.Tensor | None = None,
+        return_latents: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One level alone, given cached context from `context()`: x (B, 3, *patch), c_noise (B,), boxes (B, 3).
+
+        `prev` (B, m, d_lat): latents of an earlier pass (self-conditioning); `return_latents`
+        also returns this pass's final latents.
+        """
         B = x.shape[0]
         level_ids = torch.tensor([level], device=x.device)
         t, z = self._embed(
-            x[:, None], c_noise[:, None], offset[:, None], size[:, None], level_ids, labels, text
+            x[:, None],
+            c_noise[:, None],
+            offset[:, None],
+            size[:, None],
+            level_ids,
+            labels,
+            text,
+            prev[:, None] if prev is not None else None,
         )
         t, z = t[:, 0], z[:, 0]
         coords = self._coords(offset, size) if self.deep and level > 0 else None
@@ -373,7 +411,10 @@ class HPDM(nn.Module):
                     )
                 t = self._fuse(b, t, context[b], coords)
             t, z = self.blocks[b](t, z)
-        return self._detokenize(t).view(B, *x.shape[1:])
+        out = self._detokenize(t).view(B, *x.shape[1:])
+        if return_latents:
+            return out, z[:, : self.cfg.num_latents]
+        return out
 
 
 def count_parameters(model: nn.Module) -> int:
