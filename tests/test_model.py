@@ -73,9 +73,9 @@ def _jacobian_blocks(model, x, c, off, size, labels):
     return result
 
 
-@pytest.mark.parametrize("lpb", ["[1,2,3]", "[3,3,3]"])
-def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb):
-    cfg = tiny_config(f"model.levels_per_block={lpb}")
+@pytest.mark.parametrize("lpb,conv", [("[1,2,3]", False), ("[3,3,3]", False), ("[1,2,3]", True)])
+def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb, conv):
+    cfg = tiny_config(f"model.levels_per_block={lpb}", f"model.token_conv={conv}")
     model = perturbed(HPDM(cfg))
     x, c, off, size, labels = inputs(cfg)
     grads = _jacobian_blocks(model, x, c, off, size, labels)
@@ -241,9 +241,9 @@ def test_sampled_context_reads_the_child_region(tiny_config):
     torch.testing.assert_close(ctx[0], want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("lpb", ["[1,2,3]", "null"])
-def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb):
-    cfg = tiny_config(f"model.levels_per_block={lpb}")
+@pytest.mark.parametrize("lpb,conv", [("[1,2,3]", False), ("null", False), ("[1,2,3]", True)])
+def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb, conv):
+    cfg = tiny_config(f"model.levels_per_block={lpb}", f"model.token_conv={conv}")
     model = perturbed(HPDM(cfg), std=0.1)
     x, c, off, size, labels = inputs(cfg, B=3)
     with torch.no_grad():
@@ -262,3 +262,25 @@ def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb):
             assert out.abs().max() > 1e-2  # a real output, not a trivially equal zero
         with pytest.raises(ValueError, match="context"):
             model.forward_level(x[:, 1], c[:, 1], off[:, 1], size[:, 1], 1, None, labels)
+
+
+def test_token_conv_mixes_neighbouring_tokens_only(perturbed):
+    """With the write path cut, a block with token_conv makes each token depend on exactly its
+    3x3x3 token neighbourhood (which also checks the token order of the grid reshape)."""
+    from hpdm.model.hpdm import RINBlock
+
+    grid = (3, 4, 5)
+    block = perturbed(RINBlock(16, 16, 2, 1, 2.0, grid))
+    assert perturbed(RINBlock(16, 16, 2, 1, 2.0)).token_conv is None
+    with torch.no_grad():
+        block.write.out.weight.zero_()
+        block.write.out.bias.zero_()
+    x = torch.randn(1, 60, 16, requires_grad=True)
+    z = torch.randn(1, 4, 16)
+    out, _ = block(x, z)
+    f, h, w = 1, 2, 4  # a token at the right edge
+    (grad,) = torch.autograd.grad(out[0, (f * 4 + h) * 5 + w].sum(), x)
+    reach = (grad[0].abs().sum(-1) > 0).view(grid)
+    expected = torch.zeros(grid, dtype=torch.bool)
+    expected[0:3, 1:4, 3:5] = True
+    assert torch.equal(reach, expected)

@@ -64,6 +64,7 @@ class ModelConfig:
     use_coords: bool = True
     dropout: float = 0.0
     self_cond: float = 0.0  # latent self-conditioning rate (RIN); 0 = off
+    token_conv: bool = False  # depthwise 3x3x3 conv on the data tokens before every block
 
 
 @dataclass

@@ -49,8 +49,20 @@ def mlp(dim: int, ratio: float) -> nn.Sequential:
 class RINBlock(nn.Module):
     """Read (latents ← tokens), process (K latent self-attention layers), write (tokens ← latents)."""
 
-    def __init__(self, dim: int, latent_dim: int, heads: int, latent_layers: int, mlp_ratio: float):
+    def __init__(
+        self,
+        dim: int,
+        latent_dim: int,
+        heads: int,
+        latent_layers: int,
+        mlp_ratio: float,
+        grid: tuple[int, int, int] | None = None,
+    ):
         super().__init__()
+        # optional local mixing of the data tokens (a depthwise 3x3x3 convolution over the token
+        # grid, "PEG"), off in the paper's RIN; `grid` turns it on
+        self.grid = grid
+        self.token_conv = nn.Conv3d(dim, dim, 3, padding=1, groups=dim) if grid is not None else None
         self.read_norm_z, self.read_norm_x = nn.LayerNorm(latent_dim), nn.LayerNorm(dim)
         self.read = Attention(latent_dim, dim, heads)
         self.read_mlp = mlp(latent_dim, mlp_ratio)
@@ -62,6 +74,10 @@ class RINBlock(nn.Module):
         self.write_mlp = mlp(dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.token_conv is not None:
+            f, h, w = self.grid
+            g = rearrange(x, "b (f h w) d -> b d f h w", f=f, h=h, w=w)
+            x = x + rearrange(self.token_conv(g), "b d f h w -> b (f h w) d")
         z = z + self.read(self.read_norm_z(z), self.read_norm_x(x))
         z = z + self.read_mlp(z)
         for norm, attn, ff in zip(self.process_norm, self.process, self.process_mlp):
@@ -124,7 +140,8 @@ class HPDM(nn.Module):
         )
 
         self.blocks = nn.ModuleList(
-            RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio) for _ in range(m.num_blocks)
+            RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio, self.grid if m.token_conv else None)
+            for _ in range(m.num_blocks)
         )
         # DCF layers only where a block processes a level that has coarser levels.
         self.coord_dim = 6 if m.use_coords else 0
