@@ -86,7 +86,9 @@ def test_forward_level_matches_joint_pass_with_previous_latents(tiny_config, per
     cfg = tiny_config("model.self_cond=0.9")
     model = perturbed(HPDM(cfg))
     x, c, off, size, labels, prev = _inputs(cfg)
-    joint, lat = model(x[:, :1], c[:, :1], off[:, :1], size[:, :1], labels, prev=prev[:, :1], return_latents=True)
+    joint, lat = model(
+        x[:, :1], c[:, :1], off[:, :1], size[:, :1], labels, prev=prev[:, :1], return_latents=True
+    )
     alone, lat1 = model.forward_level(
         x[:, 0], c[:, 0], off[:, 0], size[:, 0], 0, None, labels, prev=prev[:, 0], return_latents=True
     )
@@ -108,7 +110,9 @@ def test_loss_draws_are_unchanged_and_first_pass_carries_no_gradient(tiny_config
 
     model = perturbed(HPDM(cfg))
     calls = []
-    model.register_forward_hook(lambda m, args, kw, out: calls.append(torch.is_grad_enabled()), with_kwargs=True)
+    model.register_forward_hook(
+        lambda m, args, kw, out: calls.append(torch.is_grad_enabled()), with_kwargs=True
+    )
     x, _, off, size, labels, _ = _inputs(cfg, B=6)
     loss, _, _ = diff.loss(model, x.clamp(-1, 1), off, size, labels, generator=gens(), self_cond=0.5)
     assert calls == [False, True]  # a gradient-free first pass, then the trained pass

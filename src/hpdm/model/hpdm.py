@@ -135,9 +135,7 @@ class HPDM(nn.Module):
         self.class_embed = nn.Embedding(m.num_classes + 1, dl) if m.num_classes > 0 else None
         self.text_proj = nn.Linear(m.text_dim, dl) if m.text_dim > 0 else None
         # latent self-conditioning (RIN): latents start from z_init + Linear(LN(previous latents))
-        self.self_cond = (
-            nn.Sequential(nn.LayerNorm(dl), nn.Linear(dl, dl)) if m.self_cond > 0 else None
-        )
+        self.self_cond = nn.Sequential(nn.LayerNorm(dl), nn.Linear(dl, dl)) if m.self_cond > 0 else None
 
         self.blocks = nn.ModuleList(
             RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio, self.grid if m.token_conv else None)
