@@ -16,52 +16,36 @@ from __future__ import annotations
 import argparse
 import copy
 
-from common import (
-    TrainStep,
-    add_common_args,
-    interleaved_times,
-    machine,
-    machine_line,
-    median,
-    parse_size,
-    setup,
-    size_str,
-    spread,
-    table,
-    variant_config,
-    write_result,
-)
+import common as bc
 
 from hpdm.info import model_info
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="demo")
-    ap.add_argument("--target", type=parse_size, default=None, help="FxHxW (default: the preset's)")
-    ap.add_argument("--patch", type=parse_size, default=None, help="FxHxW (default: the preset's)")
+    ap = bc.new_parser(__doc__)
+    bc.add_geometry_args(ap)
     ap.add_argument(
         "--schedules", default=None, help="';'-separated levels_per_block lists (default: the preset's AC)"
     )
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=2)
-    add_common_args(ap)
+    bc.add_common_args(ap)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.dim=64")
     return ap
 
 
 def main() -> None:
     args = build_parser().parse_args()
-    device = setup(args)
-    m = machine(device)
-    print(machine_line(m))
+    device = bc.setup(args)
+    m = bc.machine(device)
+    print(bc.machine_line(m))
     from hpdm.config import load_config
 
     base = load_config(args.preset, args.overrides)
     target = args.target or tuple(base.pyramid.target)
-    no_ac = variant_config(args.preset, target, args.patch, "hpdm", args.overrides, args.batch)
-    ac_default = variant_config(args.preset, target, args.patch, "hpdm+ac", args.overrides, args.batch)
+    no_ac = bc.variant_config(args.preset, target, args.patch, "hpdm", args.overrides, args.batch)
+    ac_default = bc.variant_config(args.preset, target, args.patch, "hpdm+ac", args.overrides, args.batch)
     schedules = (
         [[int(v) for v in s.split(",")] for s in args.schedules.split(";")]
         if args.schedules
@@ -75,15 +59,15 @@ def main() -> None:
         cfgs[",".join(map(str, lpb))] = c
 
     flops = {k: model_info(c, batch=1, measure_memory=False)["train_step_flops"] for k, c in cfgs.items()}
-    steps = {k: TrainStep(c, device) for k, c in cfgs.items()}
+    steps = {k: bc.TrainStep(c, device) for k, c in cfgs.items()}
     for s in steps.values():
         s()
-    times = interleaved_times(steps, device, args.rounds, args.reps)
+    times = bc.interleaved_times(steps, device, args.rounds, args.reps)
     for s in steps.values():
         s.close()
 
     rows = []
-    t_off = median(times["off"])
+    t_off = bc.median(times["off"])
     for k in cfgs:
         rows.append(
             {
@@ -91,9 +75,9 @@ def main() -> None:
                 "train_step_flops_per_video": flops[k],
                 "flops_bound_speedup": flops["off"] / flops[k],
                 "step_seconds": times[k],
-                "videos_per_s": args.batch / median(times[k]),
-                "measured_speedup": t_off / median(times[k]),
-                "timing_spread": spread(times[k]),
+                "videos_per_s": args.batch / bc.median(times[k]),
+                "measured_speedup": t_off / bc.median(times[k]),
+                "timing_spread": bc.spread(times[k]),
             }
         )
     for r in rows:
@@ -104,13 +88,13 @@ def main() -> None:
         )
 
     print()
-    print(machine_line(m))
+    print(bc.machine_line(m))
     print(
-        f"preset {args.preset}, target {size_str(target)}, patch {size_str(no_ac.pyramid.patch)}, "
+        f"preset {args.preset}, target {bc.size_str(target)}, patch {bc.size_str(no_ac.pyramid.patch)}, "
         f"{no_ac.pyramid.num_levels} levels, batch {args.batch}"
     )
     print(
-        table(
+        bc.table(
             [
                 "levels_per_block",
                 "GFLOP/video (train step)",
@@ -134,14 +118,14 @@ def main() -> None:
             ],
         )
     )
-    write_result(
+    bc.write_result(
         "bench_ac",
         {
             "machine": m,
             "note": args.note,
             "preset": args.preset,
-            "target": size_str(target),
-            "patch": size_str(no_ac.pyramid.patch),
+            "target": bc.size_str(target),
+            "patch": bc.size_str(no_ac.pyramid.patch),
             "levels": no_ac.pyramid.num_levels,
             "batch": args.batch,
             "overrides": args.overrides,

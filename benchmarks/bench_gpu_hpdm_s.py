@@ -19,22 +19,8 @@ import argparse
 import sys
 import time
 
+import common as bc
 import torch
-from common import (
-    TrainStep,
-    add_common_args,
-    interleaved_times,
-    is_oom,
-    machine,
-    machine_line,
-    median,
-    parse_size,
-    setup,
-    size_str,
-    table,
-    variant_config,
-    write_result,
-)
 
 PAPER = {  # DESIGN §8, A100, 64x256x256, batch 1
     "full-res": {"videos_per_s": 1.24, "memory_gb": 65.3},
@@ -45,23 +31,21 @@ CPU_FALLBACK = {"preset": "tiny", "target": (4, 32, 32), "patch": (2, 8, 8)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default=None, help="default ucf101-s (CPU fallback: tiny)")
-    ap.add_argument("--target", type=parse_size, default=None, help="default 64x256x256")
-    ap.add_argument("--patch", type=parse_size, default=None, help="default: the preset's (16x64x64)")
+    ap = bc.new_parser(__doc__, None, "default ucf101-s (CPU fallback: tiny)")
+    bc.add_geometry_args(ap, "default 64x256x256", "default: the preset's (16x64x64)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model (after 1 warm-up step)")
     ap.add_argument("--max-seconds", type=float, default=240, help="stop timing a model after this long")
     ap.add_argument("--activation-checkpointing", action="store_true")
-    add_common_args(ap)
+    bc.add_common_args(ap)
     ap.add_argument("overrides", nargs="*")
     return ap
 
 
 def main() -> None:
     args = build_parser().parse_args()
-    device = setup(args)
-    m = machine(device)
+    device = bc.setup(args)
+    m = bc.machine(device)
     where = m.get("gpu") or f"CPU {m['cpu']}"
     if device.type != "cuda":
         print(
@@ -72,8 +56,8 @@ def main() -> None:
         if args.preset is None and args.target is None and args.patch is None and not args.overrides:
             print(
                 "bench_gpu_hpdm_s: using the tiny smoke-test size "
-                f"(--preset tiny --target {size_str(CPU_FALLBACK['target'])} --patch "
-                f"{size_str(CPU_FALLBACK['patch'])}); pass sizes to choose another.",
+                f"(--preset tiny --target {bc.size_str(CPU_FALLBACK['target'])} --patch "
+                f"{bc.size_str(CPU_FALLBACK['patch'])}); pass sizes to choose another.",
                 file=sys.stderr,
             )
             args.preset, args.target, args.patch = (
@@ -83,28 +67,28 @@ def main() -> None:
             )
             if not args.threads:  # tiny models on a shared CPU: one thread times steadily
                 torch.set_num_threads(1)
-                m = machine(device)
+                m = bc.machine(device)
     preset = args.preset or "ucf101-s"
     target = args.target or (64, 256, 256)
-    print(machine_line(m))
+    print(bc.machine_line(m))
     t_start = time.perf_counter()
 
     rows = []
     for variant in ("full-res", "hpdm", "hpdm+ac"):
-        cfg = variant_config(preset, target, args.patch, variant, args.overrides, args.batch)
+        cfg = bc.variant_config(preset, target, args.patch, variant, args.overrides, args.batch)
         row = {
             "model": variant,
             "device": where,
             "preset": preset,
-            "target": size_str(target),
-            "patch": size_str(cfg.pyramid.patch),
+            "target": bc.size_str(target),
+            "patch": bc.size_str(cfg.pyramid.patch),
             "levels": cfg.pyramid.num_levels,
             "levels_per_block": cfg.model.levels_per_block,
             "batch": args.batch,
         }
         step = None
         try:
-            step = TrainStep(cfg, device, args.activation_checkpointing)
+            step = bc.TrainStep(cfg, device, args.activation_checkpointing)
             row["parameters"] = sum(p.numel() for p in step.trainer.model.parameters())
             step()  # warm-up (allocator, kernels, optimizer state)
             if device.type == "cuda":
@@ -114,11 +98,11 @@ def main() -> None:
             budget = max(0.0, args.max_seconds - (time.perf_counter() - t_start)) / 2
             t0, times = time.perf_counter(), []
             while len(times) < args.steps and (not times or time.perf_counter() - t0 < budget):
-                times += interleaved_times({variant: step}, device, 1, 1, warmup=0)[variant]
+                times += bc.interleaved_times({variant: step}, device, 1, 1, warmup=0)[variant]
             row["step_seconds"] = times
-            row["videos_per_s"] = args.batch / median(times)
+            row["videos_per_s"] = args.batch / bc.median(times)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if not is_oom(e):
+            if not bc.is_oom(e):
                 raise
             row["oom"] = True
         finally:
@@ -135,11 +119,11 @@ def main() -> None:
             r["speed_vs_full_res"] = r["videos_per_s"] / full["videos_per_s"]
     mem_key = "peak_memory_gb" if device.type == "cuda" else "activation_mib_per_video"
     mem_head = "peak memory GB" if device.type == "cuda" else "activations MiB/video (CPU)"
-    paper = preset == "ucf101-s" and size_str(target) == "64x256x256" and args.batch == 1
+    paper = preset == "ucf101-s" and bc.size_str(target) == "64x256x256" and args.batch == 1
     print()
-    print(machine_line(m))
+    print(bc.machine_line(m))
     print(
-        table(
+        bc.table(
             [
                 "device",
                 "model",
@@ -166,7 +150,7 @@ def main() -> None:
         )
     )
     print(f"total {time.perf_counter() - t_start:.0f} s")
-    write_result(
+    bc.write_result(
         "bench_gpu_hpdm_s",
         {"machine": m, "note": args.note, "rows": rows, "paper_a100": PAPER if paper else None},
         args.out,

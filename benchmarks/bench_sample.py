@@ -9,7 +9,7 @@ at every step (tiles x evaluations model calls). With `cache="context"` the coar
 context of each tile is computed once per level instead of at every evaluation (DESIGN §5); with
 `cache="none"` every evaluation runs the coarse patches through the network again. Timing does
 not depend on the weights, so without --ckpt a freshly initialised model of the preset is used.
-The two settings are run in alternating rounds; the table shows the median seconds per video.
+The two settings are run in alternating rounds; the bc.table shows the bc.median seconds per video.
 """
 
 from __future__ import annotations
@@ -17,18 +17,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import common as bc
 import torch
-from common import (
-    add_common_args,
-    machine,
-    machine_line,
-    median,
-    parse_size,
-    setup,
-    size_str,
-    table,
-    write_result,
-)
 
 from hpdm.config import load_config
 from hpdm.model.hpdm import HPDM
@@ -36,17 +26,16 @@ from hpdm.sampling import Cascade, output_geometry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="demo", help="config preset (ignored with --ckpt)")
+    ap = bc.new_parser(__doc__, preset_help="config preset (ignored with --ckpt)")
     ap.add_argument("--ckpt", default=None, help="a checkpoint or run directory instead of a fresh model")
     ap.add_argument(
-        "--size", type=parse_size, default=None, help="output FxHxW (default: the training target)"
+        "--size", type=bc.parse_size, default=None, help="output FxHxW (default: the training target)"
     )
     ap.add_argument("--num", type=int, default=1, help="videos per generation")
     ap.add_argument("--steps", type=int, default=16, help="level-0 steps (halved per finer level)")
     ap.add_argument("--overlap", choices=["none", "spatial", "full"], default=None)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of (none, context)")
-    add_common_args(ap)
+    bc.add_common_args(ap)
     ap.add_argument("overrides", nargs="*", help="config overrides (without --ckpt)")
     return ap
 
@@ -88,9 +77,9 @@ def timed_generate(cascade: Cascade, cache: str, args) -> tuple[list[float], lis
 
 def main() -> None:
     args = build_parser().parse_args()
-    device = setup(args)
-    m = machine(device)
-    print(machine_line(m))
+    device = bc.setup(args)
+    m = bc.machine(device)
+    print(bc.machine_line(m))
     if args.ckpt:
         from hpdm.train import load_model
 
@@ -118,12 +107,12 @@ def main() -> None:
     rows = []
     for p in plans:
         evals = p.steps * 2 - 1 if p.heun else p.steps
-        none = median([t[p.level] for t in times["none"]]) / args.num
-        ctx = median([t[p.level] for t in times["context"]]) / args.num
+        none = bc.median([t[p.level] for t in times["none"]]) / args.num
+        ctx = bc.median([t[p.level] for t in times["context"]]) / args.num
         rows.append(
             {
                 "level": p.level,
-                "canvas": size_str(p.canvas),
+                "canvas": bc.size_str(p.canvas),
                 "tiles": len(p.tiles),
                 "steps": p.steps,
                 "sampler": "heun" if p.heun else "euler",
@@ -139,13 +128,13 @@ def main() -> None:
     tot_ctx = sum(r["seconds_per_video_context_cache"] for r in rows)
 
     print()
-    print(machine_line(m))
+    print(bc.machine_line(m))
     print(
-        f"{source}; output {size_str(geo.target)}, patch {size_str(cfg.pyramid.patch)}, overlap {overlap}, "
-        f"{args.num} video(s) per generation, median of {args.rounds} rounds"
+        f"{source}; output {bc.size_str(geo.target)}, patch {bc.size_str(cfg.pyramid.patch)}, overlap {overlap}, "
+        f"{args.num} video(s) per generation, bc.median of {args.rounds} rounds"
     )
     print(
-        table(
+        bc.table(
             ["level", "canvas", "tiles x evals", "s/video (no cache)", "s/video (context cache)", "speed-up"],
             [
                 [
@@ -159,17 +148,17 @@ def main() -> None:
                 ]
                 for r in rows
             ]
-            + [["all", size_str(geo.target), "", tot_none, tot_ctx, f"{tot_none / tot_ctx:.2f}x"]],
+            + [["all", bc.size_str(geo.target), "", tot_none, tot_ctx, f"{tot_none / tot_ctx:.2f}x"]],
         )
     )
-    write_result(
+    bc.write_result(
         "bench_sample",
         {
             "machine": m,
             "note": args.note,
             "source": source,
-            "output": size_str(geo.target),
-            "patch": size_str(cfg.pyramid.patch),
+            "output": bc.size_str(geo.target),
+            "patch": bc.size_str(cfg.pyramid.patch),
             "overlap": overlap,
             "num": args.num,
             "steps": args.steps,

@@ -20,23 +20,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import common as bc
 import torch
-from common import (
-    TrainStep,
-    add_common_args,
-    interleaved_times,
-    is_oom,
-    machine,
-    machine_line,
-    median,
-    parse_size,
-    setup,
-    size_str,
-    spread,
-    table,
-    variant_config,
-    write_result,
-)
 
 from hpdm.pyramid import PyramidGeometry
 
@@ -44,15 +29,14 @@ VARIANTS = ("hpdm+ac", "hpdm", "full-res")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="demo", help="backbone preset (demo, ucf101-s, ...)")
+    ap = bc.new_parser(__doc__, preset_help="backbone preset (demo, ucf101-s, ...)")
     ap.add_argument("--targets", default="16x64x64,16x128x128", help="comma-separated FxHxW targets")
-    ap.add_argument("--patch", type=parse_size, default=None, help="patch FxHxW (default: the preset's)")
+    ap.add_argument("--patch", type=bc.parse_size, default=None, help="patch FxHxW (default: the preset's)")
     ap.add_argument("--batch", type=int, default=2, help="videos per step")
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds (alternating the models)")
     ap.add_argument("--reps", type=int, default=2, help="steps per model per round")
     ap.add_argument("--activation-checkpointing", action="store_true", help="train.activation_checkpointing")
-    add_common_args(ap)
+    bc.add_common_args(ap)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.dim=64")
     return ap
 
@@ -60,20 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
 def measure_target(args, device, target) -> list[dict]:
     rows, steps = [], {}
     for variant in VARIANTS:
-        cfg = variant_config(args.preset, target, args.patch, variant, args.overrides, args.batch)
+        cfg = bc.variant_config(args.preset, target, args.patch, variant, args.overrides, args.batch)
         geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
         row = {
-            "target": size_str(target),
+            "target": bc.size_str(target),
             "model": variant,
-            "patch": size_str(cfg.pyramid.patch),
+            "patch": bc.size_str(cfg.pyramid.patch),
             "levels": cfg.pyramid.num_levels,
             "levels_per_block": cfg.model.levels_per_block,
             "tokens_per_level": math.prod(p // c for p, c in zip(cfg.pyramid.patch, cfg.model.cube)),
-            "level_sizes": [size_str(s) for s in geo.level_sizes],
+            "level_sizes": [bc.size_str(s) for s in geo.level_sizes],
             "batch": args.batch,
         }
         try:
-            step = TrainStep(cfg, device, args.activation_checkpointing)
+            step = bc.TrainStep(cfg, device, args.activation_checkpointing)
             row["parameters"] = sum(p.numel() for p in step.trainer.model.parameters())
             if device.type == "cuda":
                 step()  # optimizer state exists after the first step
@@ -86,19 +70,19 @@ def measure_target(args, device, target) -> list[dict]:
                 row["memory_kind"] = "saved-for-backward activations per video + weights/grads/EMA/optimizer"
             steps[variant] = step
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if not is_oom(e):
+            if not bc.is_oom(e):
                 raise
             row["oom"] = True
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         if device.type == "cuda" and variant in steps:  # one model on the GPU at a time
-            times = interleaved_times({variant: steps[variant]}, device, args.rounds, args.reps)
+            times = bc.interleaved_times({variant: steps[variant]}, device, args.rounds, args.reps)
             row["step_seconds"] = times[variant]
             steps.pop(variant).close()
         rows.append(row)
-        print(f"  built {variant} {size_str(target)}", flush=True)
+        print(f"  built {variant} {bc.size_str(target)}", flush=True)
     if steps:  # CPU: all models alternate in the same rounds
-        times = interleaved_times(steps, device, args.rounds, args.reps)
+        times = bc.interleaved_times(steps, device, args.rounds, args.reps)
         for row in rows:
             if row["model"] in times:
                 row["step_seconds"] = times[row["model"]]
@@ -106,8 +90,8 @@ def measure_target(args, device, target) -> list[dict]:
             s.close()
     for row in rows:
         if "step_seconds" in row:
-            row["videos_per_s"] = args.batch / median(row["step_seconds"])
-            row["timing_spread"] = spread(row["step_seconds"])
+            row["videos_per_s"] = args.batch / bc.median(row["step_seconds"])
+            row["timing_spread"] = bc.spread(row["step_seconds"])
     full = next(r for r in rows if r["model"] == "full-res")
     for row in rows:
         mem = _memory(row)
@@ -128,10 +112,10 @@ def _memory(row: dict) -> float | None:
 
 def main() -> None:
     args = build_parser().parse_args()
-    device = setup(args)
-    m = machine(device)
-    print(machine_line(m))
-    targets = [parse_size(t) for t in args.targets.split(",")]
+    device = bc.setup(args)
+    m = bc.machine(device)
+    print(bc.machine_line(m))
+    targets = [bc.parse_size(t) for t in args.targets.split(",")]
     rows = []
     for target in targets:
         rows += measure_target(args, device, target)
@@ -173,10 +157,10 @@ def main() -> None:
             cells.insert(6, r["state_bytes"] / 2**20)
         out_rows.append(cells)
     print()
-    print(machine_line(m))
+    print(bc.machine_line(m))
     print(f"preset {args.preset}, batch {args.batch}, overrides {args.overrides or 'none'}")
-    print(table(headers, out_rows))
-    write_result(
+    print(bc.table(headers, out_rows))
+    bc.write_result(
         "bench_train",
         {
             "machine": m,

@@ -1,4 +1,4 @@
-"""Hardware utilisation of a training step: achieved FLOP/s over this machine's own fp32 matmul peak.
+"""Hardware utilisation of a training step: achieved FLOP/s over this bc.machine's own fp32 matmul peak.
 
     python benchmarks/bench_util.py --threads 1
     python benchmarks/bench_util.py --preset ucf101-s --batch 4 --matmul 8192      # on a GPU
@@ -15,30 +15,14 @@ from __future__ import annotations
 import argparse
 import time
 
+import common as bc
 import torch
-from common import (
-    TrainStep,
-    add_common_args,
-    interleaved_times,
-    machine,
-    machine_line,
-    median,
-    parse_size,
-    setup,
-    size_str,
-    sync,
-    table,
-    variant_config,
-    write_result,
-)
 from torch.utils.flop_counter import FlopCounterMode
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="demo")
-    ap.add_argument("--target", type=parse_size, default=None, help="FxHxW (default: the preset's)")
-    ap.add_argument("--patch", type=parse_size, default=None)
+    ap = bc.new_parser(__doc__)
+    bc.add_geometry_args(ap)
     ap.add_argument(
         "--variants", default="hpdm+ac,full-res", help="hpdm+ac, hpdm, full-res (comma-separated)"
     )
@@ -48,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=2)
-    add_common_args(ap)
+    bc.add_common_args(ap)
     ap.add_argument("overrides", nargs="*")
     return ap
 
@@ -59,19 +43,19 @@ def matmul_peak(n: int, device: torch.device, seconds: float = 2.0) -> float:
     b = torch.randn(n, n, device=device)
     c = torch.empty(n, n, device=device)
     torch.matmul(a, b, out=c)
-    sync(device)
+    bc.sync(device)
     best, t_end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < t_end:
-        sync(device)
+        bc.sync(device)
         t0 = time.perf_counter()
         for _ in range(4):
             torch.matmul(a, b, out=c)
-        sync(device)
+        bc.sync(device)
         best = min(best, (time.perf_counter() - t0) / 4)
     return 2 * n**3 / best
 
 
-def step_flops(step: TrainStep) -> int:
+def step_flops(step: bc.TrainStep) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
         step.forward_backward()
@@ -80,9 +64,9 @@ def step_flops(step: TrainStep) -> int:
 
 def main() -> None:
     args = build_parser().parse_args()
-    device = setup(args)
-    m = machine(device)
-    print(machine_line(m))
+    device = bc.setup(args)
+    m = bc.machine(device)
+    print(bc.machine_line(m))
     from hpdm.config import load_config
 
     target = args.target or tuple(load_config(args.preset, args.overrides).pyramid.target)
@@ -100,22 +84,22 @@ def main() -> None:
 
     steps, flops, cfgs = {}, {}, {}
     for v in args.variants.split(","):
-        cfgs[v] = variant_config(args.preset, target, args.patch, v, args.overrides, args.batch)
-        steps[v] = TrainStep(cfgs[v], device)
+        cfgs[v] = bc.variant_config(args.preset, target, args.patch, v, args.overrides, args.batch)
+        steps[v] = bc.TrainStep(cfgs[v], device)
         steps[v]()
         flops[v] = step_flops(steps[v])
-    times = interleaved_times(steps, device, args.rounds, args.reps)
+    times = bc.interleaved_times(steps, device, args.rounds, args.reps)
     peak_after = matmul_peak(n, device, seconds=1.0)  # the peak again: did the load change?
     for s in steps.values():
         s.close()
 
     rows = []
     for v in steps:
-        t = median(times[v])
+        t = bc.median(times[v])
         rows.append(
             {
                 "model": v,
-                "target": size_str(target),
+                "target": bc.size_str(target),
                 "levels": cfgs[v].pyramid.num_levels,
                 "batch": args.batch,
                 "step_flops": flops[v],
@@ -125,14 +109,14 @@ def main() -> None:
             }
         )
     print()
-    print(machine_line(m))
+    print(bc.machine_line(m))
     print(
         "peak fp32 matmul "
         + ", ".join(f"{k}: {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
         + f" (n={n}; {peak_after / 1e9:.1f} GFLOP/s again after the steps)"
     )
     print(
-        table(
+        bc.table(
             [
                 "model",
                 "target",
@@ -148,7 +132,7 @@ def main() -> None:
                     r["target"],
                     r["batch"],
                     r["step_flops"] / 1e9,
-                    median(r["step_seconds"]),
+                    bc.median(r["step_seconds"]),
                     r["achieved_flops_per_s"] / 1e9,
                     f"{100 * r['utilisation']:.1f}%",
                 ]
@@ -156,7 +140,7 @@ def main() -> None:
             ],
         )
     )
-    write_result(
+    bc.write_result(
         "bench_util",
         {
             "machine": m,

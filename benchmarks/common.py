@@ -62,6 +62,25 @@ def machine_line(m: dict) -> str:
     return f"machine: {dev}; torch {m['torch']}; load average at start {m['load_average_at_start']}"
 
 
+def new_parser(
+    doc: str | None, preset: str | None = "demo", preset_help: str = "config preset"
+) -> argparse.ArgumentParser:
+    """A benchmark's parser: its docstring as description and the `--preset` option."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default=preset, help=preset_help)
+    return ap
+
+
+def add_geometry_args(
+    ap: argparse.ArgumentParser,
+    target_help: str = "FxHxW (default: the preset's)",
+    patch_help: str = "FxHxW (default: the preset's)",
+) -> None:
+    """`--target` and `--patch` as FxHxW sizes."""
+    ap.add_argument("--target", type=parse_size, default=None, help=target_help)
+    ap.add_argument("--patch", type=parse_size, default=None, help=patch_help)
+
+
 def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
