@@ -325,6 +325,8 @@ def test_timeout_must_be_a_positive_number(monkeypatch):
 if __name__ == "__main__":
     try:
         code = _worker(sys.argv[1], Path(sys.argv[2]), *map(Path, sys.argv[3:]))
-    finally:
+    except BaseException:
         dist.reset()  # tear the process group down before the interpreter exits
+        raise
+    dist.reset(sync=True)  # every rank finished: leave together
     sys.exit(code)

@@ -43,7 +43,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"checkpoints in {trainer.out_dir / 'checkpoints'}")
     from hpdm import distributed as dist
 
-    dist.reset()  # under torchrun: destroy the process group before exit (gloo can abort otherwise)
+    dist.reset(sync=True)  # under torchrun: all ranks leave together (gloo can abort otherwise)
     return 0
 
 

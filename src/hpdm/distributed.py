@@ -101,10 +101,18 @@ def init() -> DistContext:
     return _CTX
 
 
-def reset() -> None:
-    """Forget the cached context (tests, end of a run), destroying the process group if one exists."""
+def reset(sync: bool = False) -> None:
+    """Forget the cached context (tests, end of a run), destroying the process group if one exists.
+
+    `sync=True` (a run that ended normally) first waits at a barrier, so that no rank tears its
+    connections down while another still uses them: gloo aborts a process whose peer vanished
+    mid-operation ("terminate called without an active exception"). After an error the barrier
+    is skipped, since the other ranks may never arrive.
+    """
     global _CTX
     if tdist.is_available() and tdist.is_initialized():
+        if sync:
+            tdist.barrier()
         tdist.destroy_process_group()
     _CTX = None
 
