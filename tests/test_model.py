@@ -73,9 +73,12 @@ def _jacobian_blocks(model, x, c, off, size, labels):
     return result
 
 
-@pytest.mark.parametrize("lpb,conv", [("[1,2,3]", False), ("[3,3,3]", False), ("[1,2,3]", True)])
-def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb, conv):
-    cfg = tiny_config(f"model.levels_per_block={lpb}", f"model.token_conv={conv}")
+KNOBS = ["model.token_conv=true", "model.token_cond=true"]
+
+
+@pytest.mark.parametrize("lpb,knob", [("[1,2,3]", None), ("[3,3,3]", None), *(("[1,2,3]", k) for k in KNOBS)])
+def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb, knob):
+    cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
     model = perturbed(HPDM(cfg))
     x, c, off, size, labels = inputs(cfg)
     grads = _jacobian_blocks(model, x, c, off, size, labels)
@@ -241,9 +244,9 @@ def test_sampled_context_reads_the_child_region(tiny_config):
     torch.testing.assert_close(ctx[0], want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("lpb,conv", [("[1,2,3]", False), ("null", False), ("[1,2,3]", True)])
-def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb, conv):
-    cfg = tiny_config(f"model.levels_per_block={lpb}", f"model.token_conv={conv}")
+@pytest.mark.parametrize("lpb,knob", [("[1,2,3]", None), ("null", None), *(("[1,2,3]", k) for k in KNOBS)])
+def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb, knob):
+    cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
     model = perturbed(HPDM(cfg), std=0.1)
     x, c, off, size, labels = inputs(cfg, B=3)
     with torch.no_grad():
@@ -284,3 +287,31 @@ def test_token_conv_mixes_neighbouring_tokens_only(perturbed):
     expected = torch.zeros(grid, dtype=torch.bool)
     expected[0:3, 1:4, 3:5] = True
     assert torch.equal(reach, expected)
+
+
+@pytest.mark.parametrize("token_cond", [False, True])
+def test_token_cond_gives_the_tokens_the_condition_directly(tiny_config, perturbed, token_cond):
+    """With every block's write path cut, the data tokens see the class and noise level only
+    through model.token_cond; at init (zero projection) it changes nothing."""
+    cfg = tiny_config(f"model.token_cond={token_cond}")
+    model = perturbed(HPDM(cfg), std=0.1)
+    x, c, off, size, labels = inputs(cfg)
+    if token_cond:
+        fresh = HPDM(cfg)
+        fresh.load_state_dict({k: v for k, v in model.state_dict().items()})
+        torch.nn.init.zeros_(fresh.token_cond[1].weight)
+        torch.nn.init.zeros_(fresh.token_cond[1].bias)
+        plain = HPDM(tiny_config())
+        plain.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("token_cond")})
+        with torch.no_grad():
+            assert torch.equal(fresh(x, c, off, size, labels), plain(x, c, off, size, labels))
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.write.out.weight.zero_()
+            blk.write.out.bias.zero_()
+        a = model(x, c, off, size, labels)
+        b = model(x, c, off, size, (labels + 1) % cfg.model.num_classes)
+        d = model(x, c + 0.5, off, size, labels)
+    for other in (b, d):
+        diff = (a - other).abs().amax(dim=(2, 3, 4, 5))  # (B, L): every level instance
+        assert bool((diff > 1e-4).all()) if token_cond else bool((diff == 0).all()), diff

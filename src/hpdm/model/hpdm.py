@@ -136,6 +136,8 @@ class HPDM(nn.Module):
         self.text_proj = nn.Linear(m.text_dim, dl) if m.text_dim > 0 else None
         # latent self-conditioning (RIN): latents start from z_init + Linear(LN(previous latents))
         self.self_cond = nn.Sequential(nn.LayerNorm(dl), nn.Linear(dl, dl)) if m.self_cond > 0 else None
+        # direct conditioning of the data tokens: + Linear(SiLU(sum of the conditioning tokens))
+        self.token_cond = nn.Sequential(nn.SiLU(), nn.Linear(dl, d)) if m.token_cond else None
 
         self.blocks = nn.ModuleList(
             RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio, self.grid if m.token_conv else None)
@@ -162,6 +164,8 @@ class HPDM(nn.Module):
         nn.init.zeros_(self.detokenizer.weight)  # start as D = c_skip·x (DiT-style zero output)
         if self.self_cond is not None:  # previous latents start with no effect
             nn.init.zeros_(self.self_cond[1].weight)
+        if self.token_cond is not None:  # starts as a no-op
+            nn.init.zeros_(self.token_cond[1].weight)
         nn.init.normal_(self.level_embed.weight, std=0.02)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
@@ -269,6 +273,8 @@ class HPDM(nn.Module):
             x = torch.cat([x, self._shallow_context(x, offset, size)], dim=2)
         tokens = self._tokenize(x.flatten(0, 1)).view(B, L, self.num_tokens, -1)  # (B, L, n, d)
         cond = self._cond_tokens(c_noise, level_ids, labels, text)
+        if self.token_cond is not None:  # (B, L, 1, d): noise level, level and condition, on every token
+            tokens = tokens + self.token_cond(cond.sum(dim=2, keepdim=True))
         lat = self.latents[level_ids].expand(B, -1, -1, -1)  # (B, L, m, d_lat)
         if prev is not None:
             if self.self_cond is None:
