@@ -315,3 +315,23 @@ def test_token_cond_gives_the_tokens_the_condition_directly(tiny_config, perturb
     for other in (b, d):
         diff = (a - other).abs().amax(dim=(2, 3, 4, 5))  # (B, L): every level instance
         assert bool((diff > 1e-4).all()) if token_cond else bool((diff == 0).all()), diff
+
+
+def test_dropout_acts_in_training_only(tiny_config, perturbed):
+    """model.dropout drops the RIN blocks' MLP outputs in train mode; eval mode is the plain network
+    (same parameter names, so checkpoints load either way)."""
+    plain = perturbed(HPDM(tiny_config()), std=0.1)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    drop = HPDM(tiny_config("model.dropout=0.3"))
+    drop.load_state_dict(plain.state_dict())
+    assert sum(isinstance(m, torch.nn.Dropout) for m in drop.modules()) > 0
+    x, c, off, size, labels = inputs(cfg := tiny_config())
+    with torch.no_grad():
+        ref = plain.eval()(x, c, off, size, labels)
+        assert torch.equal(drop.eval()(x, c, off, size, labels), ref)
+        drop.train()
+        a, b = drop(x, c, off, size, labels), drop(x, c, off, size, labels)
+    assert not torch.equal(a, b) and not torch.equal(a, ref)
+    with pytest.raises(ValueError, match=r"model.dropout=1.0 .*\[0, 1\)"):
+        tiny_config("model.dropout=1.0")
+    assert cfg.model.dropout == 0.0

@@ -62,7 +62,7 @@ class ModelConfig:
     fusion: str = "deep"  # deep | shallow | none
     detach_context: bool = False
     use_coords: bool = True
-    dropout: float = 0.0
+    dropout: float = 0.0  # residual dropout on every MLP output in the RIN blocks (training only)
     self_cond: float = 0.0  # latent self-conditioning rate (RIN); 0 = off
     token_conv: bool = False  # depthwise 3x3x3 conv on the data tokens before every block
     token_cond: bool = False  # also add the conditioning (noise level, level, class/text) to every data token
@@ -340,6 +340,8 @@ def validate(cfg: Config) -> None:
     _choice(m.fusion, ("deep", "shallow", "none"), "model.fusion")
     if not 0.0 <= m.self_cond <= 1.0:
         raise ConfigError(f"model.self_cond={m.self_cond} is a probability; use a value in [0, 1] (RIN: 0.9)")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout} is a probability; use a value in [0, 1) (0 = off)")
     if m.num_classes < 0:
         raise ConfigError("model.num_classes must be >= 0 (0 = unconditional)")
     if d.sigma_data <= 0 or d.sigma_in0 <= 0:

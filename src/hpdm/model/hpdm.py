@@ -39,11 +39,12 @@ class Attention(nn.Module):
         return self.out(rearrange(y, "b h n e -> b n (h e)"))
 
 
-def mlp(dim: int, ratio: float) -> nn.Sequential:
+def mlp(dim: int, ratio: float, dropout: float = 0.0) -> nn.Sequential:
+    """Pre-norm MLP; `dropout` > 0 drops its output (residual dropout), appended last so the
+    parameter names do not depend on it."""
     hidden = int(dim * ratio)
-    return nn.Sequential(
-        nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
-    )
+    layers = [nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)]
+    return nn.Sequential(*layers, *([nn.Dropout(dropout)] if dropout > 0 else []))
 
 
 class RINBlock(nn.Module):
@@ -57,6 +58,7 @@ class RINBlock(nn.Module):
         latent_layers: int,
         mlp_ratio: float,
         grid: tuple[int, int, int] | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         # optional local mixing of the data tokens (a depthwise 3x3x3 convolution over the token
@@ -65,13 +67,13 @@ class RINBlock(nn.Module):
         self.token_conv = nn.Conv3d(dim, dim, 3, padding=1, groups=dim) if grid is not None else None
         self.read_norm_z, self.read_norm_x = nn.LayerNorm(latent_dim), nn.LayerNorm(dim)
         self.read = Attention(latent_dim, dim, heads)
-        self.read_mlp = mlp(latent_dim, mlp_ratio)
+        self.read_mlp = mlp(latent_dim, mlp_ratio, dropout)
         self.process_norm = nn.ModuleList(nn.LayerNorm(latent_dim) for _ in range(latent_layers))
         self.process = nn.ModuleList(Attention(latent_dim, latent_dim, heads) for _ in range(latent_layers))
-        self.process_mlp = nn.ModuleList(mlp(latent_dim, mlp_ratio) for _ in range(latent_layers))
+        self.process_mlp = nn.ModuleList(mlp(latent_dim, mlp_ratio, dropout) for _ in range(latent_layers))
         self.write_norm_x, self.write_norm_z = nn.LayerNorm(dim), nn.LayerNorm(latent_dim)
         self.write = Attention(dim, latent_dim, heads)
-        self.write_mlp = mlp(dim, mlp_ratio)
+        self.write_mlp = mlp(dim, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.token_conv is not None:
@@ -140,7 +142,9 @@ class HPDM(nn.Module):
         self.token_cond = nn.Sequential(nn.SiLU(), nn.Linear(dl, d)) if m.token_cond else None
 
         self.blocks = nn.ModuleList(
-            RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio, self.grid if m.token_conv else None)
+            RINBlock(
+                d, dl, m.heads, m.latent_layers, m.mlp_ratio, self.grid if m.token_conv else None, m.dropout
+            )
             for _ in range(m.num_blocks)
         )
         # DCF layers only where a block processes a level that has coarser levels.
