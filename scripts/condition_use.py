@@ -51,4 +51,6 @@ if __name__ == "__main__":
         print(ck)
         for s, (right, wrong, null) in label_errors(ck).items():
             gain = 100 * (null - right) / null
-            print(f"  σ={s:<5g} MSE right {right:.5f}  wrong {wrong:.5f}  null {null:.5f}  label gain {gain:+.2f}%")
+            print(
+                f"  σ={s:<5g} MSE right {right:.5f}  wrong {wrong:.5f}  null {null:.5f}  label gain {gain:+.2f}%"
+            )
