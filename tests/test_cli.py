@@ -231,3 +231,6 @@ def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys):
     assert settings["prompt"] == "a red circle moves left" and settings["guidance"] == 2.0
     assert main(["sample", "--ckpt", str(run), "--class", "1", "--out", str(tmp_path / "x")]) == 2
     assert "unconditional" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "--ckpt", str(run), "--cfg", "2,x"])
+    assert "comma-separated list (one per level)" in capsys.readouterr().err

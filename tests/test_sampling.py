@@ -218,3 +218,19 @@ def test_karras_schedule_endpoints():
     assert len(s) == 11 and s[-1] == 0
     assert math.isclose(float(s[0]), 80.0) and math.isclose(float(s[-2]), 0.002, rel_tol=1e-9)
     assert (s[:-1][1:] < s[:-1][:-1]).all()
+
+
+def test_guidance_per_level(tiny):
+    """A list of guidance scales applies one per level: [2, 1, 1] guides level 0 exactly like a
+    scale of 2 and leaves the finer levels unguided; a wrong length is a clear error."""
+    cfg, model = tiny
+    c = Cascade(model, cfg)
+    every = c.generate(num=2, seed=3, progress=False, guidance=2.0)
+    first = c.generate(num=2, seed=3, progress=False, guidance=[2.0, 1.0, 1.0])
+    assert torch.equal(first.levels[0], every.levels[0])
+    assert (first.levels[1] - every.levels[1]).abs().max() > 1e-4
+    assert first.settings["guidance"] == [2.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="2 guidance scales for 3 levels"):
+        c.generate(num=1, progress=False, guidance=[2.0, 1.0])
+    with pytest.raises(ConfigError, match="one guidance scale per level"):
+        load_config("tiny", ["sample.cfg=[2, 1]"])

@@ -19,6 +19,16 @@ def _size(text: str) -> tuple[int, int, int]:
     return f, h, w
 
 
+def _guidance(text: str) -> float | list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"guidance '{text}' is not a number or a comma-separated list (one per level), e.g. 3 or 3,1,1"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="preset name (tiny, demo, ucf101-s, ...) or a YAML file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.num_blocks=4")
@@ -244,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, help="output FxHxW (default: the training target)")
     p.add_argument("--steps", type=int, default=None, help="level-0 steps (halved per finer level)")
     p.add_argument("--overlap", choices=["none", "spatial", "full"], default=None)
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    p.add_argument(
+        "--cfg",
+        type=_guidance,
+        default=None,
+        help="classifier-free guidance scale (1 = off), or one per level: 3,1,1",
+    )
     p.add_argument("--cache", choices=["context", "none"], default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples")

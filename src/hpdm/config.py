@@ -119,7 +119,7 @@ class SampleConfig:
     S_tmin: float = 0.05
     S_tmax: float = 50.0
     S_noise: float = 1.003
-    cfg: float = 1.0  # classifier-free guidance scale (1 = off)
+    cfg: float | list[float] = 1.0  # classifier-free guidance scale (1 = off); a list gives one per level
     overlap: str = "spatial"  # none | spatial | full
     tile_batch: int = 16
     context_sigma: float = (
@@ -364,6 +364,10 @@ def validate(cfg: Config) -> None:
     _choice(s.sampler, ("heun", "euler"), "sample.sampler")
     _choice(s.overlap, ("none", "spatial", "full"), "sample.overlap")
     _choice(s.cache, ("context", "none"), "sample.cache")
+    if isinstance(s.cfg, list) and len(s.cfg) != p.num_levels:
+        raise ConfigError(f"sample.cfg: a list needs one guidance scale per level ({p.num_levels})")
+    if any(not math.isfinite(g) or g < 0 for g in (s.cfg if isinstance(s.cfg, list) else [s.cfg])):
+        raise ConfigError(f"sample.cfg={s.cfg}: guidance scales must be >= 0 (1 = off)")
     if s.steps <= 0 or not 0 < s.sigma_min < s.sigma_max:
         raise ConfigError("sample: steps must be positive and 0 < sigma_min < sigma_max")
     _choice(cfg.data.short_video, ("loop", "pad", "skip"), "data.short_video")

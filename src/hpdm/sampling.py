@@ -163,10 +163,11 @@ class Cascade:
         seed: int = 0,
         steps: int | None = None,
         overlap: str | None = None,
-        guidance: float | None = None,
+        guidance: float | list[float] | None = None,
         cache: str | None = None,
         progress: bool = True,
     ) -> Generation:
+        """`guidance`: classifier-free guidance scale (1 = off), or one per level."""
         s = self.cfg.sample
         overlap = overlap or s.overlap
         guidance = s.cfg if guidance is None else guidance
@@ -177,13 +178,21 @@ class Cascade:
         if text is not None:
             text = text.to(self.device)
         plans = self.plan(geo, overlap, steps)
+        if isinstance(guidance, list | tuple):
+            if len(guidance) != len(plans):
+                raise ValueError(
+                    f"got {len(guidance)} guidance scales for {len(plans)} levels; give one scale or one per level"
+                )
+            scales = [float(g) for g in guidance]
+        else:
+            scales = [float(guidance)] * len(plans)
         # One generator per video: a video depends on (seed, its position), never on the batch size.
         gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(num)]
         finished: list[torch.Tensor] = []  # scaled-space (y) canvases of finished levels
         ctx_levels: list[torch.Tensor] = []  # the same at the context noise level
-        for plan in plans:
+        for plan, scale in zip(plans, scales):
             y = self._sample_level(
-                plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens, guidance, cache, progress
+                plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens, scale, cache, progress
             )
             finished.append(y)
             sig_c = max(s.context_sigma, 1e-3)
@@ -195,7 +204,7 @@ class Cascade:
             "seed": seed,
             "size": list(geo.target),
             "overlap": overlap,
-            "guidance": guidance,
+            "guidance": list(guidance) if isinstance(guidance, list | tuple) else guidance,
             "cache": cache,
             "labels": labels_t.tolist() if labels_t is not None else None,
             "levels": [
