@@ -153,7 +153,20 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     out = tmp_path / "report"
     assert (
         main(
-            ["eval", "report", "--ckpt", str(tiny_run), "--num", "4", "--batch-size", "4", "--out", str(out)]
+            [
+                "eval",
+                "report",
+                "--ckpt",
+                str(tiny_run),
+                "--num",
+                "4",
+                "--batch-size",
+                "4",
+                "--cfg",
+                "2,1,1",
+                "--out",
+                str(out),
+            ]
         )
         == 0
     )
@@ -161,6 +174,7 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     assert len(r["levels"]) == 3 and all(np.isfinite(lv["fvd"]) for lv in r["levels"])
     assert r["levels"][0]["seam_score"] is None and r["levels"][2]["seam_score"] > 0
     assert 0 <= r["class_accuracy_fake"] <= 1 and (out / "report.md").exists()
+    assert r["guidance"] == [2.0, 1.0, 1.0]
     fvd_json = tmp_path / "fvd.json"
     assert (
         main(

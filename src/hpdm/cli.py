@@ -19,7 +19,7 @@ def _size(text: str) -> tuple[int, int, int]:
     return f, h, w
 
 
-def _guidance(text: str) -> float | list[float]:
+def guidance_arg(text: str) -> float | list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", choices=["none", "spatial", "full"], default=None)
     p.add_argument(
         "--cfg",
-        type=_guidance,
+        type=guidance_arg,
         default=None,
         help="classifier-free guidance scale (1 = off), or one per level: 3,1,1",
     )

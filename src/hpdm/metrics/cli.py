@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from hpdm.cli import guidance_arg
+
     p = sub.add_parser("eval", help="FVD, Inception Score, shapes report")
     esub = p.add_subparsers(dest="eval_command", required=True)
 
@@ -51,6 +53,12 @@ def add_parser(sub) -> None:
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--steps", type=int, default=None)
     q.add_argument("--overlap", choices=["none", "spatial", "full"], default=None)
+    q.add_argument(
+        "--cfg",
+        type=guidance_arg,
+        default=None,
+        help="guidance scale, or one per level (default: the checkpoint's)",
+    )
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     q.add_argument("--out", default="report")
@@ -166,6 +174,7 @@ def run_report_cmd(a: argparse.Namespace) -> int:
         steps=a.steps,
         overlap=a.overlap,
         classifier_path=a.classifier,
+        guidance=a.cfg,
     )
     print(report_markdown(r))
     print(f"written to {a.out}/report.json and {a.out}/report.md")

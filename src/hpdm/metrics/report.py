@@ -81,6 +81,7 @@ def run_report(
     overlap: str | None = None,
     progress: bool = True,
     classifier_path: str | None = None,
+    guidance: float | list[float] | None = None,
 ) -> dict:
     """FVD per pyramid level, seam score and class accuracy of a `shapes` model; JSON + Markdown."""
     from hpdm.metrics.classifier import class_accuracy, load_classifier
@@ -96,11 +97,14 @@ def run_report(
             "use `hpdm eval fvd` for other datasets"
         )
     overlap = overlap or cfg.sample.overlap
+    guidance = cfg.sample.cfg if guidance is None else guidance
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
     t0 = time.perf_counter()
     fake_levels: list[list[torch.Tensor]] = [[] for _ in range(geo.num_levels)]
     fake_labels = []
-    for gen in fake_batches(model, cfg, num, batch_size, seed, progress, steps=steps, overlap=overlap):
+    for gen in fake_batches(
+        model, cfg, num, batch_size, seed, progress, steps=steps, overlap=overlap, guidance=guidance
+    ):
         for lvl, v in enumerate(gen.levels):
             fake_levels[lvl].append(v)
         fake_labels.append(torch.tensor(gen.settings["labels_list"]))
@@ -132,6 +136,7 @@ def run_report(
         "num_fake": num,
         "num_real": num,
         "overlap": overlap,
+        "guidance": guidance,
         "seed": seed,
         "levels": [
             {
