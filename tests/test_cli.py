@@ -92,6 +92,20 @@ def test_info_and_config(capsys):
     assert "unknown field 'nope'" in capsys.readouterr().err
 
 
+def test_overrides_may_follow_options(capsys):
+    """`hpdm info tiny --json model.dim=64`: an override after an option is neither dropped nor refused."""
+    assert main(["info", "tiny", "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)["parameters"]
+    assert main(["info", "tiny", "--json", "model.dim=64"]) == 0
+    after = json.loads(capsys.readouterr().out)["parameters"]
+    assert main(["info", "tiny", "model.dim=64", "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)["parameters"]
+    assert after == before != base
+    with pytest.raises(SystemExit):  # anything else is still an unrecognized argument
+        main(["info", "tiny", "--json", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
 def test_data_preview(tmp_path, capsys):
     assert (
         main(
@@ -174,6 +188,7 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     assert len(r["levels"]) == 3 and all(np.isfinite(lv["fvd"]) for lv in r["levels"])
     assert r["levels"][0]["seam_score"] is None and r["levels"][2]["seam_score"] > 0
     assert 0 <= r["class_accuracy_fake"] <= 1 and (out / "report.md").exists()
+    assert 0 <= r["shape_accuracy_fake"] <= 1 and 0 <= r["shape_accuracy_real"] <= 1
     assert r["guidance"] == [2.0, 1.0, 1.0]
     fvd_json = tmp_path / "fvd.json"
     assert (

@@ -318,8 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting key=value overrides come after options too (`hpdm train demo --out r lr=..`):
+    argparse fills a `nargs="*"` positional only from the first run of positionals."""
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

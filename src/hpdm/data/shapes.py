@@ -28,6 +28,7 @@ import torch
 __all__ = [
     "SHAPES_CLASSES",
     "NUM_CLASSES",
+    "CLASS_COLOURS",
     "TEXTURE_COLORS",
     "BACKGROUNDS",
     "sample_params",
@@ -51,6 +52,7 @@ _CLASSES: list[tuple[str, str, tuple[float, float, float]]] = [
 ]
 SHAPES_CLASSES: list[str] = [f"{c} {s}" for c, s, _ in _CLASSES]
 NUM_CLASSES: int = len(SHAPES_CLASSES)
+CLASS_COLOURS: list[tuple[float, float, float]] = [c for _, _, c in _CLASSES]  # RGB in [0, 1]
 
 # muted texture palette: name -> (light, dark); names deliberately differ from the shape colours
 # so a caption's colour words are unambiguous

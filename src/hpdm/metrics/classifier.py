@@ -1,7 +1,13 @@
 """A small 3-D CNN that classifies `shapes` videos, to score class accuracy of generated videos.
 
 Trained by `hpdm eval train-classifier` on freshly rendered `shapes` clips (every step a new
-batch, so it never overfits); the package ships its weights in `assets/classifier/`.
+batch, so it never overfits). Two kinds ship in `assets/`:
+
+* `classifier/` (kind "class"): trained on the clips as they are. A class has one colour, so
+  this one may read the colour alone: it says whether a video is of the right class.
+* `shape_classifier/` (kind "shape"): trained with every clip's shape painted in the colour of
+  a random class, so the colour carries no information and only the outline does: it says
+  whether the *shape* of a generated object is recognisable.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hpdm.data.shapes import NUM_CLASSES, render_shapes
+from hpdm.data.shapes import CLASS_COLOURS, NUM_CLASSES, render, render_shapes, sample_params
 
 INPUT_SIZE = (8, 32, 32)
+KINDS = {"class": "classifier", "shape": "shape_classifier"}  # kind → folder in assets/
 
 
 class ShapesClassifier(nn.Module):
+    """A 3-D CNN on (8, 32, 32) clips, features averaged over the clip; both kinds share it."""
+
     def __init__(self, num_classes: int = NUM_CLASSES, width: int = 32):
         super().__init__()
         w = width
@@ -47,15 +56,18 @@ class ShapesClassifier(nn.Module):
         return self.head(self.net(x).mean(dim=(2, 3, 4)))
 
 
-def default_weights() -> Path:
-    return Path(str(resources.files("hpdm") / "assets" / "classifier" / "model.safetensors"))
+def default_weights(kind: str = "class") -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"classifier kind '{kind}' is not one of {', '.join(KINDS)}")
+    return Path(str(resources.files("hpdm") / "assets" / KINDS[kind] / "model.safetensors"))
 
 
-def load_classifier(path: str | Path | None = None, device="cpu") -> ShapesClassifier:
-    p = Path(path) if path else default_weights()
+def load_classifier(path: str | Path | None = None, device="cpu", kind: str = "class") -> ShapesClassifier:
+    p = Path(path) if path else default_weights(kind)
     if not p.exists():
         raise FileNotFoundError(
-            f"classifier weights not found at {p}; train them with `hpdm eval train-classifier`"
+            f"classifier weights not found at {p}; train them with `hpdm eval train-classifier"
+            f"{' --kind shape' if kind == 'shape' else ''}`"
         )
     model = ShapesClassifier()
     model.load_state_dict(load_file(str(p)))
@@ -70,8 +82,14 @@ def train_classifier(
     seed: int = 0,
     size: tuple[int, int, int] = (16, 64, 64),
     progress: bool = True,
+    kind: str = "class",
 ) -> dict:
-    """Train on rendered `shapes` clips (seeds disjoint from the generator's training set)."""
+    """Train on rendered `shapes` clips (seeds disjoint from the generator's training set).
+
+    kind "class": the clips as they are; "shape": every shape in the colour of a random class.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"classifier kind '{kind}' is not one of {', '.join(KINDS)}")
     torch.manual_seed(seed)
     model = ShapesClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -79,19 +97,18 @@ def train_classifier(
     base = 10_000_000 + seed * steps * batch  # indices far from the training set's
     t0 = time.perf_counter()
     for step in tqdm(range(steps), desc="classifier", disable=not progress):
-        video, labels, _ = render_shapes(
-            list(range(base + step * batch, base + (step + 1) * batch)), *size, seed=seed
-        )
+        video, labels = _clips(range(base + step * batch, base + (step + 1) * batch), size, seed, kind)
         loss = F.cross_entropy(model(video), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    acc = evaluate(model, size=size, seed=seed + 1)
+    acc = evaluate(model, size=size, seed=seed + 1, kind=kind)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "model.safetensors"))
     info = {
+        "kind": kind,
         "steps": steps,
         "batch": batch,
         "lr": lr,
@@ -99,15 +116,29 @@ def train_classifier(
         "size": list(size),
         "held_out_accuracy": acc,
         "seconds": round(time.perf_counter() - t0, 1),
-        "command": f"hpdm eval train-classifier --out {out} --steps {steps}",
+        "command": f"hpdm eval train-classifier --kind {kind} --out {out} --steps {steps}",
     }
     (out / "info.json").write_text(json.dumps(info, indent=2))
     return info
 
 
+def _clips(indices, size, seed: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered clips and labels; kind "shape" repaints each shape in a random class's colour."""
+    if kind == "class":
+        video, labels, _ = render_shapes(list(indices), *size, seed=seed)
+        return video, labels
+    params = sample_params(list(indices), seed)
+    palette = torch.tensor(CLASS_COLOURS)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + int(params["index"][0]))
+    params["shape_color"] = palette[torch.randint(len(palette), (len(params["class_id"]),), generator=g)]
+    return render(params, *size), params["class_id"].clone()
+
+
 @torch.no_grad()
-def evaluate(model: ShapesClassifier, num: int = 256, size=(16, 64, 64), seed: int = 1) -> float:
-    video, labels, _ = render_shapes(list(range(20_000_000, 20_000_000 + num)), *size, seed=seed)
+def evaluate(
+    model: ShapesClassifier, num: int = 256, size=(16, 64, 64), seed: int = 1, kind: str = "class"
+) -> float:
+    video, labels = _clips(range(20_000_000, 20_000_000 + num), size, seed, kind)
     return float((model.eval()(video).argmax(-1) == labels).float().mean())
 
 

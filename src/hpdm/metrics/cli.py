@@ -64,7 +64,13 @@ def add_parser(sub) -> None:
     q.add_argument("--out", default="report")
     q.set_defaults(fn=run_report_cmd)
 
-    q = esub.add_parser("train-classifier", help="train the small shapes classifier used by the report")
+    q = esub.add_parser("train-classifier", help="train a small shapes classifier used by the report")
+    q.add_argument(
+        "--kind",
+        choices=["class", "shape"],
+        default="class",
+        help="class: colour and shape tell the class; shape: colours randomised, the outline alone",
+    )
     q.add_argument("--out", required=True)
     q.add_argument("--steps", type=int, default=600)
     q.add_argument("--seed", type=int, default=0)
@@ -184,7 +190,7 @@ def run_report_cmd(a: argparse.Namespace) -> int:
 def run_train_classifier(a: argparse.Namespace) -> int:
     from hpdm.metrics.classifier import train_classifier
 
-    info = train_classifier(a.out, steps=a.steps, seed=a.seed)
+    info = train_classifier(a.out, steps=a.steps, seed=a.seed, kind=a.kind)
     print(
         f"held-out accuracy {100 * info['held_out_accuracy']:.1f}% in {info['seconds']} s; weights in {a.out}"
     )

@@ -86,6 +86,7 @@ def run_report(
     """FVD per pyramid level, seam score and class accuracy of a `shapes` model; JSON + Markdown."""
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.fvd import I3DFeatureExtractor, compute_stats, frechet_distance
+    from hpdm.metrics.objects import object_areas, persistence
     from hpdm.metrics.seam import seam_score
     from hpdm.train import load_model, resolve_checkpoint
 
@@ -131,6 +132,11 @@ def run_report(
     clf = load_classifier(classifier_path)
     acc_fake = class_accuracy(clf, fakes[-1], labels)
     acc_real = class_accuracy(clf, reals[-1], torch.cat(real_labels))
+    shape_clf = load_classifier(kind="shape")  # colour-blind: is the outline recognisable?
+    shape_fake = class_accuracy(shape_clf, fakes[-1], labels)
+    shape_real = class_accuracy(shape_clf, reals[-1], torch.cat(real_labels))
+    area_fake = object_areas(fakes[-1], labels)
+    area_real = object_areas(reals[-1], torch.cat(real_labels))
     report = {
         "checkpoint": str(ck),
         "num_fake": num,
@@ -149,6 +155,12 @@ def run_report(
         ],
         "class_accuracy_fake": acc_fake,
         "class_accuracy_real": acc_real,
+        "shape_accuracy_fake": shape_fake,
+        "shape_accuracy_real": shape_real,
+        "object_persistence_fake": persistence(area_fake),
+        "object_persistence_real": persistence(area_real),
+        "object_area_fake": float(area_fake.mean()),
+        "object_area_real": float(area_real.mean()),
         "generation_seconds": round(gen_seconds, 1),
         "fvd_protocol": "I3D logits, clips stretched to 16 frames by repetition when shorter, 224², "
         f"{num} real (held-out shapes seeds, balanced classes) vs {num} fake (balanced)",
@@ -172,12 +184,15 @@ def report_markdown(r: dict) -> str:
     for lv in r["levels"]:
         seam = f"{lv['seam_score']:.3f}" if lv["seam_score"] is not None else "—"
         lines.append(f"| {lv['level']} | {'x'.join(map(str, lv['size']))} | {lv['fvd']:.1f} | {seam} |")
-    lines += [
-        "",
-        f"Class accuracy (shapes classifier): generated {100 * r['class_accuracy_fake']:.1f}%, "
-        f"real {100 * r['class_accuracy_real']:.1f}%. Seam score 1.0 = invisible seams.",
-        "",
+    rows = [
+        ("class accuracy (shapes classifier)", "class_accuracy"),
+        ("shape accuracy (colour-blind classifier: the outline alone)", "shape_accuracy"),
+        ("object persistence (frames with ≥ half the clip's median object area)", "object_persistence"),
+        ("object area (share of the frame)", "object_area"),
     ]
+    lines += ["", "| final level | generated | real |", "|---|---|---|"]
+    lines += [f"| {name} | {100 * r[k + '_fake']:.1f}% | {100 * r[k + '_real']:.1f}% |" for name, k in rows]
+    lines += ["", "Seam score 1.0 = invisible seams.", ""]
     return "\n".join(lines)
 
 
