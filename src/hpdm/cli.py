@@ -53,6 +53,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"checkpoints in {trainer.out_dir / 'checkpoints'}")
     from hpdm import distributed as dist
 
+    del trainer  # drop the wrapped model's hold on the process group before it is destroyed
     dist.reset(sync=True)  # under torchrun: all ranks leave together (gloo can abort otherwise)
     return 0
 

@@ -19,6 +19,7 @@ ranks raise `RanksLost`, a message naming the step and the cause, instead of han
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -108,12 +109,19 @@ def reset(sync: bool = False) -> None:
     connections down while another still uses them: gloo aborts a process whose peer vanished
     mid-operation ("terminate called without an active exception"). After an error the barrier
     is skipped, since the other ranks may never arrive.
+
+    Wrapped models (DDP's reducer, FSDP's state) hold the process group too, often inside
+    reference cycles; left to interpreter shutdown, the group's gloo threads are torn down while
+    Python is half gone, which also aborts. So collect those first, then destroy the group, then
+    collect again: the group dies here, with the interpreter intact.
     """
     global _CTX
     if tdist.is_available() and tdist.is_initialized():
         if sync:
             tdist.barrier()
+        gc.collect()
         tdist.destroy_process_group()
+        gc.collect()
     _CTX = None
 
 
