@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from hpdm.config import DiffusionConfig
+from hpdm.config import ConfigError, DiffusionConfig, load_config
 from hpdm.diffusion import Diffusion, edm_coefficients, input_scales
-from hpdm.pyramid import PyramidGeometry
+from hpdm.model.hpdm import HPDM
+from hpdm.pyramid import PyramidGeometry, sample_boxes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -145,3 +146,37 @@ def test_loss_noise_is_independent_per_level_and_labels_dropped():
     kept = seen["labels"] == labels
     assert torch.all(seen["labels"][~kept] == 8)  # dropped labels become the null class
     assert 0.3 < (~kept).float().mean().item() < 0.7
+
+
+def test_clean_context_gives_coarse_levels_the_sampling_context_noise_and_no_loss(perturbed):
+    """`diffusion.clean_context`: a chosen video's levels coarser than a random target level l >= 1
+    get σ = clean_context_sigma and no loss, like finished levels at sampling; the other draws are
+    those of the plain run (drawn last), and p = 0 is the paper's independent σ per level."""
+    cfg = load_config("tiny", ["diffusion.clean_context=1.0", "diffusion.clean_context_sigma=0.05"])
+    plain_cfg = load_config("tiny")
+    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+    L, B = geo.num_levels, 64
+    shape = (L, 3, *geo.patch)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(B)]  # noqa: E731
+    sigma, noise, drop, keep = Diffusion(cfg.diffusion, geo).draw(B, shape, gens(), "cpu")
+    p_sigma, p_noise, p_drop, p_keep = Diffusion(plain_cfg.diffusion, geo).draw(B, shape, gens(), "cpu")
+    assert p_keep.all() and torch.equal(noise, p_noise) and torch.equal(drop, p_drop)
+    assert not keep[:, 0].any() and keep[:, -1].all()  # level 0 is always given, the finest never
+    given = ~keep
+    assert torch.all(sigma[given] == 0.05) and torch.equal(sigma[keep], p_sigma[keep])
+    # given levels are a prefix: 0..l-1; both targets (1 and 2) occur
+    targets = keep.int().argmax(1)
+    assert torch.equal(given, torch.arange(L)[None] < targets[:, None])
+    assert set(targets.tolist()) == set(range(1, L))
+
+    # the loss leaves the given levels out; the per-level values still report them
+    model = perturbed(HPDM(cfg))
+    x = torch.rand(B, *shape) * 2 - 1
+    boxes = sample_boxes(geo, B, torch.Generator().manual_seed(0))
+    labels = torch.zeros(B, dtype=torch.long)
+    diff = Diffusion(cfg.diffusion, geo)
+    loss, per, sig = diff.loss(model, x, boxes.offset, boxes.size, labels, generator=gens(), null_class=8)
+    torch.testing.assert_close(loss, (per * keep).mean(0).sum())
+    assert torch.equal(sig, sigma) and (per[given] > 0).all()
+    with pytest.raises(ConfigError, match="clean_context"):
+        load_config("tiny", ["diffusion.clean_context=1.5"])

@@ -234,3 +234,26 @@ def test_guidance_per_level(tiny):
         c.generate(num=1, progress=False, guidance=[2.0, 1.0])
     with pytest.raises(ConfigError, match="one guidance scale per level"):
         load_config("tiny", ["sample.cfg=[2, 1]"])
+
+
+def test_guidance_interval(tiny):
+    """`sample.cfg_interval` guides only at σ in [lo, hi]: an interval holding every σ of the
+    schedule is plain guidance, one holding none is no guidance (at the finer levels too, where
+    the cached context was built for both branches and an unguided step takes its conditional
+    half), and one in between differs from both."""
+    cfg, model = tiny
+
+    def run(interval, guidance, cache="context"):
+        c = load_config("tiny", [f"sample.cfg_interval={interval}"])
+        return Cascade(model, c).generate(num=2, seed=5, progress=False, guidance=guidance, cache=cache)
+
+    guided = Cascade(model, cfg).generate(num=2, seed=5, progress=False, guidance=2.0)
+    plain = Cascade(model, cfg).generate(num=2, seed=5, progress=False, guidance=1.0)
+    assert torch.equal(run("[0.0, 1000.0]", 2.0).video, guided.video)
+    for cache in ("context", "none"):
+        torch.testing.assert_close(run("[0.0, 0.0]", 2.0, cache).video, plain.video, atol=1e-5, rtol=1e-4)
+    part = run("[0.5, 5.0]", 2.0).video
+    assert (part - guided.video).abs().max() > 1e-4 and (part - plain.video).abs().max() > 1e-4
+    for bad in ("[5.0, 0.5]", "[0.5]", "[-1.0, 2.0]"):
+        with pytest.raises(ConfigError, match="cfg_interval"):
+            load_config("tiny", [f"sample.cfg_interval={bad}"])

@@ -104,7 +104,7 @@ def test_loss_draws_are_unchanged_and_first_pass_carries_no_gradient(tiny_config
     gens = lambda: [torch.Generator().manual_seed(s) for s in range(6)]  # noqa: E731
     plain = diff.draw(6, shape, gens(), "cpu")
     with_sc = diff.draw(6, shape, gens(), "cpu", self_cond=0.5)
-    assert len(with_sc) == 4 and with_sc[3].shape == (6, geo.num_levels) and with_sc[3].dtype == torch.bool
+    assert len(with_sc) == 5 and with_sc[4].shape == (6, geo.num_levels) and with_sc[4].dtype == torch.bool
     for a, b in zip(plain, with_sc):
         assert torch.equal(a, b)
 

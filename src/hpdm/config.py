@@ -76,6 +76,11 @@ class DiffusionConfig:
     P_mean: float | list[float] = -1.2  # LogNormal σ distribution; a list gives one per level
     P_std: float | list[float] = 1.2
     cond_drop: float = 0.1  # condition dropout for classifier-free guidance
+    # Inference-like context: with this probability a video's levels coarser than a random level
+    # l >= 1 get σ = clean_context_sigma and no loss, as if already generated (sampling feeds
+    # finished coarse levels at sample.context_sigma). 0 = the paper's independent σ per level.
+    clean_context: float = 0.0
+    clean_context_sigma: float = 0.05
 
 
 @dataclass
@@ -120,6 +125,9 @@ class SampleConfig:
     S_tmax: float = 50.0
     S_noise: float = 1.003
     cfg: float | list[float] = 1.0  # classifier-free guidance scale (1 = off); a list gives one per level
+    # guide only at noise levels σ in [lo, hi] (each level's own σ); null = every step. Outside it
+    # the conditional denoiser alone runs (half the evaluations). Kynkäänniemi et al. 2024
+    cfg_interval: list[float] | None = None
     overlap: str = "spatial"  # none | spatial | full
     tile_batch: int = 16
     context_sigma: float = (
@@ -368,6 +376,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sample.cfg: a list needs one guidance scale per level ({p.num_levels})")
     if any(not math.isfinite(g) or g < 0 for g in (s.cfg if isinstance(s.cfg, list) else [s.cfg])):
         raise ConfigError(f"sample.cfg={s.cfg}: guidance scales must be >= 0 (1 = off)")
+    d = cfg.diffusion
+    if not 0 <= d.clean_context <= 1 or not d.clean_context_sigma > 0:
+        raise ConfigError(
+            f"diffusion.clean_context={d.clean_context} must be a probability in [0, 1] and "
+            f"diffusion.clean_context_sigma={d.clean_context_sigma} a positive noise level (e.g. 0.05)"
+        )
+    iv = s.cfg_interval
+    if iv is not None and (
+        not isinstance(iv, list | tuple)
+        or len(iv) != 2
+        or not all(math.isfinite(v) and v >= 0 for v in iv)
+        or iv[0] > iv[1]
+    ):
+        raise ConfigError(
+            f"sample.cfg_interval={iv}: give [lo, hi] with 0 <= lo <= hi (noise levels σ where guidance "
+            "applies, e.g. [0.3, 5.0]), or null to guide every step"
+        )
     if s.steps <= 0 or not 0 < s.sigma_min < s.sigma_max:
         raise ConfigError("sample: steps must be positive and 0 < sigma_min < sigma_max")
     _choice(cfg.data.short_video, ("loop", "pad", "skip"), "data.short_video")

@@ -66,9 +66,11 @@ class Diffusion:
         device,
         self_cond: float = 0.0,
     ) -> tuple[torch.Tensor, ...]:
-        """The loss's random draws, in this order: σ (B, L), unit noise (B, *shape), drop mask (B,)
-        and, with `self_cond` > 0, the self-conditioning mask (B, L) (drawn last, so turning
-        self-conditioning on leaves the other draws unchanged).
+        """The loss's random draws, in this order: σ (B, L), unit noise (B, *shape), drop mask (B,),
+        with `self_cond` > 0 the self-conditioning mask (B, L), and with `clean_context` > 0 the
+        choice of videos and levels given a clean context (drawn last, so turning either on leaves
+        the earlier draws unchanged). Returns σ, noise, drop, loss mask (B, L) and, with
+        `self_cond`, the self-conditioning mask.
 
         A list of generators draws each video from its own, so a video's draws do not depend on
         the batch it is in (the trainer keys them by the video's position in the sample stream).
@@ -80,10 +82,24 @@ class Diffusion:
         gdev = _gen_device(generator, device)
         noise = torch.randn((batch, *shape), generator=generator, device=gdev).to(device)
         drop = torch.rand(batch, generator=generator, device=gdev).to(device) < self.cfg.cond_drop
-        if self_cond <= 0:
-            return sigma, noise, drop
-        sc = torch.rand(batch, self.geo.num_levels, generator=generator, device=gdev).to(device) < self_cond
-        return sigma, noise, drop, sc[:, : shape[0]]
+        sc = None
+        if self_cond > 0:
+            sc = (
+                torch.rand(batch, self.geo.num_levels, generator=generator, device=gdev).to(device)
+                < self_cond
+            )
+        keep = torch.ones_like(sigma, dtype=torch.bool)
+        L = self.geo.num_levels
+        if self.cfg.clean_context > 0 and L > 1:
+            chosen = torch.rand(batch, generator=generator, device=gdev) < self.cfg.clean_context
+            target = torch.randint(1, L, (batch,), generator=generator, device=gdev)
+            given = (chosen[:, None] & (torch.arange(L, device=gdev)[None] < target[:, None])).to(device)
+            sigma = torch.where(given, torch.full_like(sigma, self.cfg.clean_context_sigma), sigma)
+            keep = ~given
+        keep = keep[:, : shape[0]]
+        if sc is None:
+            return sigma, noise, drop, keep
+        return sigma, noise, drop, keep, sc[:, : shape[0]]
 
     def coefficients(self, sigma: torch.Tensor, levels: int):
         """EDM coefficients for σ (B, L') of levels 0..L'-1, broadcastable over (B, L', 3, *patch)."""
@@ -122,7 +138,8 @@ class Diffusion:
         B, L = x.shape[:2]
         dev = x.device
         y = x / self.sigma_in.to(dev)[None, :, None, None, None, None]
-        sigma, noise, drop, *sc = self.draw(B, y.shape[1:], generator, dev, self_cond)
+        sigma, noise, drop, keep, *sc = self.draw(B, y.shape[1:], generator, dev, self_cond)
+        sigma = sigma[:, :L]
         if labels is not None and null_class is not None:
             labels = torch.where(drop, torch.full_like(labels, null_class), labels)
         if text is not None:
@@ -140,4 +157,5 @@ class Diffusion:
         sd = self.sigma_data.to(dev)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM λ(σ): unit weight on the F-target
         per = weight * ((D - y) ** 2).flatten(2).mean(-1)  # (B, L)
-        return per.mean(0).sum(), per.detach(), sigma
+        # levels given as clean context carry no loss (the per-level log still shows them)
+        return (per * keep).mean(0).sum(), per.detach(), sigma

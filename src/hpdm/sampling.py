@@ -292,8 +292,11 @@ class Cascade:
         # denoiser call initialise its next call's
         latents: list[torch.Tensor | None] = [None] * len(starts)
 
+        interval = s.cfg_interval
+
         def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
+            guide = use_cfg and (interval is None or interval[0] <= sigma <= interval[1])
             y_tiles = crop(y, tiles, self.patch, index.to(dev))
             out = torch.empty_like(y_tiles)
             for j, a in enumerate(starts):
@@ -306,11 +309,11 @@ class Cascade:
                     t_off[sl].to(dev),
                     t_size[sl].to(dev),
                     [(c[0][sl], c[1], c[2][sl], c[3][sl]) for c in coarse],
-                    contexts[j] if contexts is not None else None,
+                    _context(contexts, j, n, use_cfg, guide),
                     tile_labels,
                     tile_text,
                     sl,
-                    guidance if use_cfg else None,
+                    guidance if guide else None,
                     latents[j],
                 )
                 out[sl] = c_skip * y_tiles[sl] + c_out * F_out
@@ -432,6 +435,17 @@ class Cascade:
                 tgt_o, tgt_s = t_off[sl].to(dev), t_size[sl].to(dev)
             out.append(self.model.context(xs, cn, offs, sizes, tgt_o, tgt_s, lab, txt))
         return out
+
+
+def _context(contexts, j: int, n: int, built_guided: bool, guide: bool):
+    """Tile batch j's cached context. A cache built for guidance holds both branches (conditional
+    first); a step outside the guidance interval takes the conditional half."""
+    if contexts is None:
+        return None
+    ctx = contexts[j]
+    if guide or not built_guided:
+        return ctx
+    return [c[:n] if c is not None else None for c in ctx]
 
 
 def generate(model: HPDM, cfg: Config, **kwargs) -> Generation:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Continue the shipped demo model on one GPU, inside one device call of under 10 minutes, and leave
+# the exported checkpoint and its training log in $OUT:
+#
+#   OUT=/path/to/results bash scripts/gpu_demo.sh [TRAIN_SECONDS] [BATCH]
+#
+# Runs from a source checkout without installing anything (PYTHONPATH=src): training and export
+# need torch, einops, safetensors, tqdm, PyYAML and numpy, which a CUDA image usually has (PyAV is
+# only for writing videos). Steps: a short run measures steps/s at this batch size on this machine,
+# then the real run is sized to TRAIN_SECONDS (default 400) on one cosine schedule, from the
+# shipped model's EMA weights (`--init`, a fresh optimiser). Evaluate what comes back on any machine:
+#   hpdm eval report --ckpt $OUT/demo --num 32
+# Without a GPU it runs on the CPU (slowly): the same commands, for a dry run at tiny sizes, e.g.
+#   OUT=/tmp/gpu_dry bash scripts/gpu_demo.sh 20 2
+set -euo pipefail
+seconds=${1:-400}
+batch=${2:-64}
+out=${OUT:?set OUT to the folder the results go to}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+workers=$(($(nproc) > 2 ? $(nproc) - 2 : 0))
+run=${RUN_DIR:-/tmp/hpdm_gpu_demo}
+rm -rf "$run" "$run.rate"
+args=(demo "train.batch_size=$batch" train.lr=1.0e-3 train.warmup=200 train.seed=2 "data.num_workers=$workers"
+  train.ckpt_every=1000000 train.sample_every=0)
+"$py" -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', torch.__version__)" |
+  tee "$out/device.txt"
+
+# 1. the rate: 60 steps, logged every 20 (the first window holds the start-up and is not used)
+"$py" -m hpdm.cli train "${args[@]}" train.steps=60 train.log_every=20 --init src/hpdm/assets/demo \
+  --out "$run.rate" >"$out/rate.log" 2>&1 || { tail -c 3000 "$out/rate.log"; exit 1; }
+steps=$("$py" - "$run.rate/log.jsonl" "$seconds" <<'EOF'
+import json, sys
+recs = [json.loads(s) for s in open(sys.argv[1])]
+rate = min(r["steps_per_s"] for r in recs[1:]) if len(recs) > 1 else recs[-1]["steps_per_s"]
+print(max(20, int(rate * float(sys.argv[2]))))
+EOF
+)
+echo "training $steps steps of batch $batch (~${seconds}s)" | tee -a "$out/device.txt"
+
+# 2. the run, then the export (EMA weights + config + state) and the log
+"$py" -m hpdm.cli train "${args[@]}" "train.steps=$steps" train.log_every=50 --init src/hpdm/assets/demo \
+  --out "$run" >"$out/train.out" 2>&1 || { tail -c 3000 "$out/train.out"; exit 1; }
+"$py" -m hpdm.cli export --ckpt "$run" --out "$out/demo"
+cp "$run/log.jsonl" "$out/demo/train_log_gpu.jsonl"
+tail -n 2 "$run/log.jsonl"
