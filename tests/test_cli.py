@@ -82,6 +82,20 @@ def test_sample_cli_wider_and_errors(tiny_run, tmp_path, capsys):
     assert "no checkpoint found" in capsys.readouterr().err
 
 
+def test_sample_cli_takes_sampling_overrides_only(tiny_run, tmp_path, capsys):
+    """`sample.key=value` after the options changes generation and is recorded; a model setting
+    is refused, since it would not describe the saved weights."""
+    out = tmp_path / "o"
+    args = ["sample", "--ckpt", str(tiny_run), "--num", "1", "--quiet", "--out", str(out)]
+    assert main([*args, "sample.S_churn=0", "sample.cfg_interval=[0.5,5]", "sample.steps=6"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["sample"]["S_churn"] == 0 and settings["sample"]["cfg_interval"] == [0.5, 5]
+    assert [lv["steps"] for lv in settings["levels"]] == [6, 3, 2]
+    capsys.readouterr()
+    assert main([*args, "model.dim=8"]) == 2
+    assert "only sampling overrides" in capsys.readouterr().err
+
+
 def test_info_and_config(capsys):
     assert main(["info", "tiny"]) == 0
     out = capsys.readouterr().out

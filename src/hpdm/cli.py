@@ -116,7 +116,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from hpdm.train import load_model, pick_device
 
     device = pick_device(a.device)
-    model, cfg = load_model(a.ckpt, ema=not a.no_ema, device=device)
+    model, cfg = load_model(a.ckpt, ema=not a.no_ema, device=device, overrides=a.overrides)
     text = None
     if a.prompt is not None:
         from hpdm.text import encode_prompts
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "overrides", nargs="*", help="sampling settings, e.g. sample.S_churn=0 sample.cfg_interval=[2,80]"
+    )
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("demo", help="the main job: generate a video per class with the shipped demo model")

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from hpdm import distributed as dist
-from hpdm.config import Config, load_config, save_config
+from hpdm.config import Config, ConfigError, load_config, save_config
 from hpdm.data import batch_stream, build_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
@@ -95,10 +95,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def load_model(path: str | Path, ema: bool = True, device=None) -> tuple[HPDM, Config]:
-    """Build the model from a checkpoint's config and load its (EMA) weights."""
+def load_model(
+    path: str | Path, ema: bool = True, device=None, overrides: list[str] | None = None
+) -> tuple[HPDM, Config]:
+    """Build the model from a checkpoint's config and load its (EMA) weights.
+
+    `overrides`: `sample.key=value` settings for generation (e.g. `sample.S_churn=0`); anything
+    else would no longer describe the saved weights and is refused."""
     ck = resolve_checkpoint(path)
-    cfg = load_config(ck / "config.yaml")
+    bad = [o for o in overrides or [] if not o.strip().startswith("sample.")]
+    if bad:
+        raise ConfigError(
+            f"{' '.join(bad)}: a trained model takes only sampling overrides (sample.key=value, e.g. "
+            "sample.S_churn=0 or sample.cfg_interval=[2,80]); train a new run to change anything else"
+        )
+    cfg = load_config(ck / "config.yaml", overrides or [])
     model = HPDM(cfg)
     name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
     state = load_file(str(ck / name))

@@ -62,6 +62,7 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     q.add_argument("--out", default="report")
+    q.add_argument("overrides", nargs="*", help="sampling settings, e.g. sample.S_churn=0")
     q.set_defaults(fn=run_report_cmd)
 
     q = esub.add_parser("train-classifier", help="train a small shapes classifier used by the report")
@@ -181,6 +182,7 @@ def run_report_cmd(a: argparse.Namespace) -> int:
         overlap=a.overlap,
         classifier_path=a.classifier,
         guidance=a.cfg,
+        overrides=a.overrides,
     )
     print(report_markdown(r))
     print(f"written to {a.out}/report.json and {a.out}/report.md")

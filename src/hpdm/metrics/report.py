@@ -82,8 +82,11 @@ def run_report(
     progress: bool = True,
     classifier_path: str | None = None,
     guidance: float | list[float] | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
-    """FVD per pyramid level, seam score and class accuracy of a `shapes` model; JSON + Markdown."""
+    """FVD per pyramid level, seam score and class accuracy of a `shapes` model; JSON + Markdown.
+
+    `overrides`: `sample.key=value` generation settings (see `load_model`)."""
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.fvd import I3DFeatureExtractor, compute_stats, frechet_distance
     from hpdm.metrics.objects import object_areas, persistence
@@ -91,7 +94,7 @@ def run_report(
     from hpdm.train import load_model, resolve_checkpoint
 
     ck = resolve_checkpoint(ckpt)
-    model, cfg = load_model(ck)
+    model, cfg = load_model(ck, overrides=overrides)
     if cfg.data.dataset != "shapes":
         raise ValueError(
             "`hpdm eval report` is for models trained on the embedded `shapes` dataset; "
@@ -143,6 +146,7 @@ def run_report(
         "num_real": num,
         "overlap": overlap,
         "guidance": guidance,
+        "sample_overrides": list(overrides or []),
         "seed": seed,
         "levels": [
             {
