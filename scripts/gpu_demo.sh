@@ -2,7 +2,7 @@
 # Continue the shipped demo model on one GPU, inside one device call of under 10 minutes, and leave
 # the exported checkpoint and its training log in $OUT:
 #
-#   OUT=/path/to/results bash scripts/gpu_demo.sh [TRAIN_SECONDS] [BATCH]
+#   OUT=/path/to/results bash scripts/gpu_demo.sh [TRAIN_SECONDS] [BATCH] [key=value ...]
 #
 # Runs from a source checkout without installing anything (PYTHONPATH=src): training and export
 # need torch, einops, safetensors, tqdm, PyYAML and numpy, which a CUDA image usually has (PyAV is
@@ -15,6 +15,7 @@
 set -euo pipefail
 seconds=${1:-400}
 batch=${2:-64}
+shift $(($# < 2 ? $# : 2))  # the rest: config overrides for both runs
 out=${OUT:?set OUT to the folder the results go to}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -23,7 +24,7 @@ workers=$(($(nproc) > 2 ? $(nproc) - 2 : 0))
 run=${RUN_DIR:-/tmp/hpdm_gpu_demo}
 rm -rf "$run" "$run.rate"
 args=(demo "train.batch_size=$batch" train.lr=1.0e-3 train.warmup=200 train.seed=2 "data.num_workers=$workers"
-  train.ckpt_every=1000000 train.sample_every=0)
+  train.ckpt_every=1000000 train.sample_every=0 "$@")
 "$py" -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', torch.__version__)" |
   tee "$out/device.txt"
 
