@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hpdm.config import levels_per_block
+from hpdm.config import ConfigError, levels_per_block
 from hpdm.diffusion import Diffusion
 from hpdm.info import model_info
 from hpdm.model.hpdm import HPDM
@@ -73,7 +73,7 @@ def _jacobian_blocks(model, x, c, off, size, labels):
     return result
 
 
-KNOBS = ["model.token_conv=true", "model.token_cond=true"]
+KNOBS = ["model.token_conv=true", "model.token_cond=true", "model.pixel_context=true"]
 
 
 @pytest.mark.parametrize("lpb,knob", [("[1,2,3]", None), ("[3,3,3]", None), *(("[1,2,3]", k) for k in KNOBS)])
@@ -260,7 +260,14 @@ def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb, knob)
             assert len(ctx) == cfg.model.num_blocks
             lpbs = levels_per_block(cfg)
             assert [t is not None for t in ctx] == [lvl < v for v in lpbs]
-            out = model.forward_level(x[:, lvl], c[:, lvl], off[:, lvl], size[:, lvl], lvl, ctx, labels)
+            pix = None
+            if model.pixels:  # the previous level's patch, onto this one
+                pix = model.resample_pixels(
+                    x[:, lvl - 1], off[:, lvl - 1], size[:, lvl - 1], off[:, lvl], size[:, lvl]
+                )
+            out = model.forward_level(
+                x[:, lvl], c[:, lvl], off[:, lvl], size[:, lvl], lvl, ctx, labels, pixels=pix
+            )
             assert (out - joint[:, lvl]).abs().max() < 1e-5, lvl
             assert out.abs().max() > 1e-2  # a real output, not a trivially equal zero
         with pytest.raises(ValueError, match="context"):
@@ -335,3 +342,27 @@ def test_dropout_acts_in_training_only(tiny_config, perturbed):
     with pytest.raises(ValueError, match=r"model.dropout=1.0 .*\[0, 1\)"):
         tiny_config("model.dropout=1.0")
     assert cfg.model.dropout == 0.0
+
+
+def test_pixel_context_feeds_the_previous_levels_pixels(tiny_config, perturbed):
+    """`model.pixel_context`: deep fusion plus the previous level's input resampled onto the
+    patch as 3 extra channels. A model grown from one without them computes exactly what it did
+    (the new channels' weights start at zero), the fine level then depends on those pixels, and
+    the option is refused next to shallow fusion (which feeds the pixels alone)."""
+    from hpdm.grow import init_from_state
+
+    base = perturbed(HPDM(tiny_config()))
+    cfg = tiny_config("model.pixel_context=true")
+    model = HPDM(cfg)
+    report = init_from_state(model, base.state_dict())
+    assert "tokenizer.weight" in report["grown"] and not report["new"]
+    x, c, off, size, labels = inputs(cfg, B=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, c, off, size, labels), base(x, c, off, size, labels))
+    perturbed(model)
+    x0 = x.clone().requires_grad_(True)
+    out = model(x0, c, off, size, labels)
+    (g,) = torch.autograd.grad(out[:, 1].square().sum(), x0)
+    assert g[:, 0].abs().max() > 0 and g[:, 2].abs().max() == 0  # coarse → fine only
+    with pytest.raises(ConfigError, match="pixel_context"):
+        tiny_config("model.fusion=shallow", "model.pixel_context=true")

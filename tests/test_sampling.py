@@ -172,6 +172,15 @@ def test_cached_and_uncached_sampling_agree(tiny):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
 
 
+def test_cached_and_uncached_sampling_agree_with_pixel_context():
+    cfg = load_config("tiny", ["model.pixel_context=true"])
+    c = Cascade(perturbed_model(cfg), cfg)
+    a = c.generate(num=2, seed=1, cache="context", progress=False, guidance=1.5)
+    b = c.generate(num=2, seed=1, cache="none", progress=False, guidance=1.5)
+    for x, y in zip(a.levels, b.levels):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
 def test_cache_falls_back_when_over_budget(tiny):
     cfg, model = tiny
     cfg = load_config("tiny", ["sample.cache_budget_mb=0"])

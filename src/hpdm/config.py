@@ -60,6 +60,9 @@ class ModelConfig:
     num_classes: int = 0  # 0 = unconditional; a null class is added for guidance
     text_dim: int = 0  # >0: text-token width of the text encoder (text-to-video)
     fusion: str = "deep"  # deep | shallow | none
+    # with deep fusion, also give each level the previous level's input pixels resampled onto its
+    # patch as 3 extra input channels (what shallow fusion gives alone)
+    pixel_context: bool = False
     detach_context: bool = False
     use_coords: bool = True
     dropout: float = 0.0  # residual dropout on every MLP output in the RIN blocks (training only)
@@ -346,6 +349,11 @@ def validate(cfg: Config) -> None:
                 f"at least one block must process all {p.num_levels} levels"
             )
     _choice(m.fusion, ("deep", "shallow", "none"), "model.fusion")
+    if m.pixel_context and m.fusion != "deep":
+        raise ConfigError(
+            f"model.pixel_context adds the coarse pixels to deep fusion; with model.fusion={m.fusion} "
+            "set it to false (shallow fusion already feeds the pixels)"
+        )
     if not 0.0 <= m.self_cond <= 1.0:
         raise ConfigError(f"model.self_cond={m.self_cond} is a probability; use a value in [0, 1] (RIN: 0.9)")
     if not 0.0 <= m.dropout < 1.0:

@@ -37,6 +37,12 @@ def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, lis
                 target[:n].copy_(src[:n])
                 target[n:].copy_(src[:1].expand_as(target[n:]))
                 report["grown"].append(key)
+            elif key == "tokenizer.weight" and target.shape[1] == 2 * src.shape[1]:
+                # a base without pixel channels: its RGB weights, the new pixel channels start at zero
+                d = target.shape[0]
+                target.zero_()
+                target.view(d, -1, 6)[..., :3].copy_(src.view(d, -1, 3))
+                report["grown"].append(key)
             else:
                 raise ValueError(
                     f"cannot initialise '{key}' of shape {tuple(target.shape)} from the base's "

@@ -376,8 +376,12 @@ class Cascade:
     def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text, prev=None):
         sc = self.model.self_cond is not None
         if lvl == 0 or context is not None:
+            pixels = None
+            if lvl > 0 and self.model.pixels:  # the previous level's crop, onto this tile
+                c = coarse[-1]
+                pixels = self.model.resample_pixels(c[0], c[2].to(x.device), c[3].to(x.device), off, size)
             res = self.model.forward_level(
-                x, c_noise, off, size, lvl, context, labels, text, prev=prev, return_latents=sc
+                x, c_noise, off, size, lvl, context, labels, text, prev=prev, return_latents=sc, pixels=pixels
             )
             return res if sc else (res, None)
         n = x.shape[0]

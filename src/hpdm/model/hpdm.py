@@ -123,7 +123,9 @@ class HPDM(nn.Module):
         self.activation_checkpointing = False
         self._pair_cache: dict = {}
         d, dl = m.dim, m.latent_dim
-        in_ch = 6 if self.shallow else 3  # shallow fusion: the previous level's RGB as extra channels
+        # shallow fusion or pixel context: the previous level's RGB as 3 extra input channels
+        self.pixels = self.shallow or m.pixel_context
+        in_ch = 6 if self.pixels else 3
         cube_vol = math.prod(self.cube)
 
         self.tokenizer = nn.Linear(in_ch * cube_vol, d)
@@ -271,10 +273,14 @@ class HPDM(nn.Module):
             return checkpoint(self.blocks[b], x, z, use_reentrant=False)
         return self.blocks[b](x, z)
 
-    def _embed(self, x, c_noise, offset, size, level_ids, labels, text, prev=None, prev_mask=None):
+    def _embed(
+        self, x, c_noise, offset, size, level_ids, labels, text, prev=None, prev_mask=None, pixels=None
+    ):
         B, L = x.shape[:2]
-        if self.shallow:
-            x = torch.cat([x, self._shallow_context(x, offset, size)], dim=2)
+        if self.pixels:
+            if pixels is None:
+                pixels = self._shallow_context(x, offset, size)
+            x = torch.cat([x, pixels], dim=2)
         tokens = self._tokenize(x.flatten(0, 1)).view(B, L, self.num_tokens, -1)  # (B, L, n, d)
         cond = self._cond_tokens(c_noise, level_ids, labels, text)
         if self.token_cond is not None:  # (B, L, 1, d): noise level, level and condition, on every token
@@ -289,6 +295,16 @@ class HPDM(nn.Module):
             lat = lat + upd
         z = torch.cat([lat, cond], dim=2)  # (B, L, m + c, d_lat)
         return tokens, z
+
+    def resample_pixels(
+        self, src: torch.Tensor, src_offset: torch.Tensor, src_size: torch.Tensor, offset, size
+    ) -> torch.Tensor:
+        """A coarser patch's pixels src (B, 3, *patch) resampled onto the patch with box (offset,
+        size) (B, 3): the pixel context of a level-ℓ tile from its level-(ℓ-1) crop."""
+        grid = relative_grid(
+            offset[:, None], size[:, None], src_offset[:, None], src_size[:, None], self.patch
+        )
+        return F.grid_sample(src, grid[:, 0], mode="bilinear", padding_mode="border", align_corners=False)
 
     def _shallow_context(self, x: torch.Tensor, offset: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         """Previous level's input pixels resampled onto each patch's pixel grid (zeros for level 0)."""
@@ -406,13 +422,22 @@ class HPDM(nn.Module):
         text: torch.Tensor | None = None,
         prev: torch.Tensor | None = None,
         return_latents: bool = False,
+        pixels: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """One level alone, given cached context from `context()`: x (B, 3, *patch), c_noise (B,), boxes (B, 3).
 
         `prev` (B, m, d_lat): latents of an earlier pass (self-conditioning); `return_latents`
-        also returns this pass's final latents.
+        also returns this pass's final latents. `pixels` (B, 3, *patch): with
+        `model.pixel_context`, the previous level's input resampled onto the patch
+        (`resample_pixels`); required above level 0.
         """
         B = x.shape[0]
+        if self.pixels:
+            if pixels is None and level > 0:
+                raise ValueError(
+                    f"level {level} needs the previous level's pixels as context (resample_pixels)"
+                )
+            pixels = torch.zeros_like(x) if pixels is None else pixels
         level_ids = torch.tensor([level], device=x.device)
         t, z = self._embed(
             x[:, None],
@@ -423,6 +448,7 @@ class HPDM(nn.Module):
             labels,
             text,
             prev[:, None] if prev is not None else None,
+            pixels=pixels[:, None] if pixels is not None else None,
         )
         t, z = t[:, 0], z[:, 0]
         coords = self._coords(offset, size) if self.deep and level > 0 else None
