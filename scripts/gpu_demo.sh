@@ -8,7 +8,8 @@
 # need torch, einops, safetensors, tqdm, PyYAML and numpy, which a CUDA image usually has (PyAV is
 # only for writing videos). Steps: a short run measures steps/s at this batch size on this machine,
 # then the real run is sized to TRAIN_SECONDS (default 400) on one cosine schedule, from the
-# shipped model's EMA weights (`--init`, a fresh optimiser). Evaluate what comes back on any machine:
+# shipped model's EMA weights (`--init`, a fresh optimiser) with the knobs it was trained with
+# (pixel context, clean context for half the videos). Evaluate what comes back on any machine:
 #   hpdm eval report --ckpt $OUT/demo --num 32
 # Without a GPU it runs on the CPU (slowly): the same commands, for a dry run at tiny sizes, e.g.
 #   OUT=/tmp/gpu_dry bash scripts/gpu_demo.sh 20 2
@@ -24,7 +25,7 @@ workers=$(($(nproc) > 2 ? $(nproc) - 2 : 0))
 run=${RUN_DIR:-/tmp/hpdm_gpu_demo}
 rm -rf "$run" "$run.rate"
 args=(demo "train.batch_size=$batch" train.lr=1.0e-3 train.warmup=200 train.seed=2 "data.num_workers=$workers"
-  train.ckpt_every=1000000 train.sample_every=0 "$@")
+  train.ckpt_every=1000000 train.sample_every=0 model.pixel_context=true diffusion.clean_context=0.5 "$@")
 "$py" -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', torch.__version__)" |
   tee "$out/device.txt"
 

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# How the shipped demo checkpoint (src/hpdm/assets/demo) was made, on a 2-core CPU:
-#   1. the `demo` preset as it is (12,000 steps of batch 8, lr 2e-3), about 86 min;
-#   2. a second cosine schedule from its EMA weights (`--init`: 14,000 steps, lr 1e-3), about 90 min.
-# Both stages resume after an interruption: rerun the script.
+# How the shipped demo checkpoint (src/hpdm/assets/demo) was made, on a 2-core CPU (batch 8 throughout):
+#   1. the `demo` preset as it is (12,000 steps, lr 2e-3), about 86 min;
+#   2. a second cosine schedule from its EMA weights (`--init`: 14,000 steps, lr 1e-3), about 90 min;
+#   3-5. pixel context (the tokenizer grows 3 -> 6 input channels, the new ones at zero) with clean
+#        context for half the videos, three more schedules at lr 1e-3: 3,000 + 3,000 + 12,000 steps,
+#        about 20 + 20 + 80 min.
+# Every stage resumes after an interruption: rerun the script.
 set -euo pipefail
+PX="model.pixel_context=true diffusion.clean_context=0.5"
 hpdm train demo --out runs/demo --resume auto
 hpdm train demo train.lr=1.0e-3 train.steps=14000 train.seed=1 --init runs/demo --out runs/demo_ft --resume auto
-hpdm export --ckpt runs/demo_ft --out src/hpdm/assets/demo          # EMA weights + config + state
+hpdm train demo train.lr=1.0e-3 train.steps=3000 $PX --init runs/demo_ft --out runs/demo_pxcc --resume auto
+hpdm train demo train.lr=1.0e-3 train.steps=3000 $PX --init runs/demo_pxcc --out runs/demo_pxcc2 --resume auto
+hpdm train demo train.lr=1.0e-3 train.steps=12000 $PX --init runs/demo_pxcc2 --out runs/demo_pxcc3 --resume auto
+hpdm export --ckpt runs/demo_pxcc3 --out src/hpdm/assets/demo          # EMA weights + config + state
 cp runs/demo/log.jsonl src/hpdm/assets/demo/train_log_stage1.jsonl
-cp runs/demo_ft/log.jsonl src/hpdm/assets/demo/train_log.jsonl
+cp runs/demo_ft/log.jsonl src/hpdm/assets/demo/train_log_stage2.jsonl
+cp runs/demo_pxcc/log.jsonl src/hpdm/assets/demo/train_log_stage3.jsonl
+cp runs/demo_pxcc2/log.jsonl src/hpdm/assets/demo/train_log_stage4.jsonl
+cp runs/demo_pxcc3/log.jsonl src/hpdm/assets/demo/train_log.jsonl

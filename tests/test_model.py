@@ -366,3 +366,5 @@ def test_pixel_context_feeds_the_previous_levels_pixels(tiny_config, perturbed):
     assert g[:, 0].abs().max() > 0 and g[:, 2].abs().max() == 0  # coarse → fine only
     with pytest.raises(ConfigError, match="pixel_context"):
         tiny_config("model.fusion=shallow", "model.pixel_context=true")
+    with pytest.raises(ValueError, match="add model.pixel_context=true"):
+        init_from_state(HPDM(tiny_config()), model.state_dict())  # the reverse: tells what to add

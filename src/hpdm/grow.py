@@ -43,6 +43,11 @@ def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, lis
                 target.zero_()
                 target.view(d, -1, 6)[..., :3].copy_(src.view(d, -1, 3))
                 report["grown"].append(key)
+            elif key == "tokenizer.weight" and src.shape[1] == 2 * target.shape[1]:
+                raise ValueError(
+                    "the base was trained with model.pixel_context=true (its tokenizer reads 6 channels); "
+                    "add model.pixel_context=true to initialise from it"
+                )
             else:
                 raise ValueError(
                     f"cannot initialise '{key}' of shape {tuple(target.shape)} from the base's "
