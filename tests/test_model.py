@@ -73,7 +73,12 @@ def _jacobian_blocks(model, x, c, off, size, labels):
     return result
 
 
-KNOBS = ["model.token_conv=true", "model.token_cond=true", "model.pixel_context=true"]
+KNOBS = [
+    "model.token_conv=true",
+    "model.token_attn=true",
+    "model.token_cond=true",
+    "model.pixel_context=true",
+]
 
 
 @pytest.mark.parametrize("lpb,knob", [("[1,2,3]", None), ("[3,3,3]", None), *(("[1,2,3]", k) for k in KNOBS)])
@@ -294,6 +299,32 @@ def test_token_conv_mixes_neighbouring_tokens_only(perturbed):
     expected = torch.zeros(grid, dtype=torch.bool)
     expected[0:3, 1:4, 3:5] = True
     assert torch.equal(reach, expected)
+
+
+def test_token_attn_mixes_all_tokens_of_a_patch_and_starts_as_a_no_op(tiny_config, perturbed):
+    """`model.token_attn`: with the write path cut, a block's token self-attention makes each
+    token depend on every token of its own patch and on nothing of another; a model grown from
+    one without it computes exactly what the base did (the attention's output starts at zero)."""
+    from hpdm.grow import init_from_state
+    from hpdm.model.hpdm import RINBlock
+
+    block = perturbed(RINBlock(16, 16, 2, 1, 2.0, token_attn=True))
+    assert RINBlock(16, 16, 2, 1, 2.0).token_attn is None
+    with torch.no_grad():
+        block.write.out.weight.zero_()
+        block.write.out.bias.zero_()
+    x = torch.randn(2, 12, 16, requires_grad=True)
+    out, _ = block(x, torch.randn(2, 4, 16))
+    (grad,) = torch.autograd.grad(out[0, 5].sum(), x)
+    assert (grad[0].abs().sum(-1) > 0).all() and torch.all(grad[1] == 0)
+
+    base = perturbed(HPDM(tiny_config()))
+    model = HPDM(tiny_config("model.token_attn=true"))
+    report = init_from_state(model, base.state_dict())
+    assert report["new"] and all(".token_" in k for k in report["new"])
+    x, c, off, size, labels = inputs(tiny_config(), B=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, c, off, size, labels), base(x, c, off, size, labels))
 
 
 @pytest.mark.parametrize("token_cond", [False, True])

@@ -68,6 +68,7 @@ class ModelConfig:
     dropout: float = 0.0  # residual dropout on every MLP output in the RIN blocks (training only)
     self_cond: float = 0.0  # latent self-conditioning rate (RIN); 0 = off
     token_conv: bool = False  # depthwise 3x3x3 conv on the data tokens before every block
+    token_attn: bool = False  # self-attention among one patch's data tokens before every block
     token_cond: bool = False  # also add the conditioning (noise level, level, class/text) to every data token
 
 

@@ -59,12 +59,17 @@ class RINBlock(nn.Module):
         mlp_ratio: float,
         grid: tuple[int, int, int] | None = None,
         dropout: float = 0.0,
+        token_attn: bool = False,
     ):
         super().__init__()
         # optional local mixing of the data tokens (a depthwise 3x3x3 convolution over the token
         # grid, "PEG"), off in the paper's RIN; `grid` turns it on
         self.grid = grid
         self.token_conv = nn.Conv3d(dim, dim, 3, padding=1, groups=dim) if grid is not None else None
+        # optional self-attention among the data tokens of one patch (not in RIN, where tokens
+        # meet only through the latents); its output projection starts at zero (a no-op)
+        self.token_norm = nn.LayerNorm(dim) if token_attn else None
+        self.token_attn = Attention(dim, dim, heads) if token_attn else None
         self.read_norm_z, self.read_norm_x = nn.LayerNorm(latent_dim), nn.LayerNorm(dim)
         self.read = Attention(latent_dim, dim, heads)
         self.read_mlp = mlp(latent_dim, mlp_ratio, dropout)
@@ -80,6 +85,9 @@ class RINBlock(nn.Module):
             f, h, w = self.grid
             g = rearrange(x, "b (f h w) d -> b d f h w", f=f, h=h, w=w)
             x = x + rearrange(self.token_conv(g), "b d f h w -> b (f h w) d")
+        if self.token_attn is not None:
+            h = self.token_norm(x)
+            x = x + self.token_attn(h, h)
         z = z + self.read(self.read_norm_z(z), self.read_norm_x(x))
         z = z + self.read_mlp(z)
         for norm, attn, ff in zip(self.process_norm, self.process, self.process_mlp):
@@ -145,7 +153,14 @@ class HPDM(nn.Module):
 
         self.blocks = nn.ModuleList(
             RINBlock(
-                d, dl, m.heads, m.latent_layers, m.mlp_ratio, self.grid if m.token_conv else None, m.dropout
+                d,
+                dl,
+                m.heads,
+                m.latent_layers,
+                m.mlp_ratio,
+                self.grid if m.token_conv else None,
+                m.dropout,
+                m.token_attn,
             )
             for _ in range(m.num_blocks)
         )
@@ -172,6 +187,9 @@ class HPDM(nn.Module):
             nn.init.zeros_(self.self_cond[1].weight)
         if self.token_cond is not None:  # starts as a no-op
             nn.init.zeros_(self.token_cond[1].weight)
+        for blk in self.blocks:  # token self-attention starts as a no-op
+            if blk.token_attn is not None:
+                nn.init.zeros_(blk.token_attn.out.weight)
         nn.init.normal_(self.level_embed.weight, std=0.02)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
