@@ -9,7 +9,10 @@
 # only for writing videos). Steps: a short run measures steps/s at this batch size on this machine,
 # then the real run is sized to TRAIN_SECONDS (default 400) on one cosine schedule, from the
 # shipped model's EMA weights (`--init`, a fresh optimiser) with the knobs it was trained with
-# (pixel context, clean context for half the videos). Evaluate what comes back on any machine:
+# (pixel context, clean context for half the videos). INIT=none trains from scratch instead (then
+# overrides may change the widths, e.g. model.dim=192; INIT=DIR starts from another checkpoint).
+# The shipped model's level 0 is at what its size and recipe give on a 2-core CPU
+# (docs/decisions.md, "level 0 limits the demo"). Evaluate what comes back on any machine:
 #   hpdm eval report --ckpt $OUT/demo --num 32
 # Without a GPU it runs on the CPU (slowly): the same commands, for a dry run at tiny sizes, e.g.
 #   OUT=/tmp/gpu_dry bash scripts/gpu_demo.sh 20 2
@@ -23,6 +26,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 workers=$(($(nproc) > 2 ? $(nproc) - 2 : 0))
 run=${RUN_DIR:-/tmp/hpdm_gpu_demo}
+init=${INIT:-src/hpdm/assets/demo}
+init_args=()
+[ "$init" = none ] || init_args=(--init "$init")
 rm -rf "$run" "$run.rate"
 args=(demo "train.batch_size=$batch" train.lr=1.0e-3 train.warmup=200 train.seed=2 "data.num_workers=$workers"
   train.ckpt_every=1000000 train.sample_every=0 model.pixel_context=true diffusion.clean_context=0.5 "$@")
@@ -30,7 +36,7 @@ args=(demo "train.batch_size=$batch" train.lr=1.0e-3 train.warmup=200 train.seed
   tee "$out/device.txt"
 
 # 1. the rate: 60 steps, logged every 20 (the first window holds the start-up and is not used)
-"$py" -m hpdm.cli train "${args[@]}" train.steps=60 train.log_every=20 --init src/hpdm/assets/demo \
+"$py" -m hpdm.cli train "${args[@]}" train.steps=60 train.log_every=20 "${init_args[@]}" \
   --out "$run.rate" >"$out/rate.log" 2>&1 || { tail -c 3000 "$out/rate.log"; exit 1; }
 steps=$("$py" - "$run.rate/log.jsonl" "$seconds" <<'EOF'
 import json, sys
@@ -42,7 +48,7 @@ EOF
 echo "training $steps steps of batch $batch (~${seconds}s)" | tee -a "$out/device.txt"
 
 # 2. the run, then the export (EMA weights + config + state) and the log
-"$py" -m hpdm.cli train "${args[@]}" "train.steps=$steps" train.log_every=50 --init src/hpdm/assets/demo \
+"$py" -m hpdm.cli train "${args[@]}" "train.steps=$steps" train.log_every=50 "${init_args[@]}" \
   --out "$run" >"$out/train.out" 2>&1 || { tail -c 3000 "$out/train.out"; exit 1; }
 "$py" -m hpdm.cli export --ckpt "$run" --out "$out/demo"
 cp "$run/log.jsonl" "$out/demo/train_log_gpu.jsonl"
