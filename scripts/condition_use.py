@@ -9,26 +9,16 @@ label gives the same error for all three, and classifier-free guidance then does
 import sys
 
 import torch
-import torch.nn.functional as F
-
-from hpdm.data.shapes import render_shapes
-from hpdm.diffusion import Diffusion
-from hpdm.pyramid import PyramidGeometry
-from hpdm.train import load_model
+from _heldout import level0_clips
 
 
 def label_errors(ckpt: str, sigmas=(1.0, 3.0, 10.0, 30.0), num: int = 64) -> dict[float, tuple[float, ...]]:
     """σ → level-0 MSE (data space) with the right, a wrong and the null label."""
-    model, cfg = load_model(ckpt)
-    model.eval()
+    model, cfg, diff, x0, labels = level0_clips(ckpt, num)
     if cfg.model.num_classes <= 0:
         raise SystemExit(f"{ckpt}: an unconditional model (model.num_classes=0) has no label to use")
-    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
-    diff = Diffusion(cfg.diffusion, geo)
-    video, labels, _ = render_shapes(torch.arange(50_000, 50_000 + num), *geo.target)
-    factor = [t // p for t, p in zip(geo.target, geo.patch)]
     scale = float(diff.sigma_in[0])
-    x0 = F.avg_pool3d(video, factor)[:, None] / scale  # level 0, in its scaled space
+    x0 = x0[:, None] / scale  # level 0, in its scaled space
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)
     k = cfg.model.num_classes

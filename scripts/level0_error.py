@@ -10,22 +10,11 @@ the cascade can draw at all; it is a cheap, low-variance companion to `hpdm eval
 import sys
 
 import torch
-import torch.nn.functional as F
-
-from hpdm.data.shapes import render_shapes
-from hpdm.diffusion import Diffusion
-from hpdm.pyramid import PyramidGeometry
-from hpdm.train import load_model
+from _heldout import level0_clips
 
 
 def level0_errors(ckpt: str, sigmas=(0.1, 0.3, 1.0, 3.0), num: int = 128) -> dict[float, float]:
-    model, cfg = load_model(ckpt)
-    model.eval()
-    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
-    diff = Diffusion(cfg.diffusion, geo)
-    video, labels, _ = render_shapes(torch.arange(50_000, 50_000 + num), *geo.target)
-    factor = [t // p for t, p in zip(geo.target, geo.patch)]
-    x0 = F.avg_pool3d(video, factor)  # level 0 in [-1, 1]
+    model, _, diff, x0, labels = level0_clips(ckpt, num)
     scale = float(diff.sigma_in[0])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)

@@ -9,23 +9,13 @@ sampler scatters token-sized blobs (docs/decisions.md, "token mixing").
 import sys
 
 import torch
-import torch.nn.functional as F
+from _heldout import level0_clips
 from einops import rearrange
-
-from hpdm.data.shapes import render_shapes
-from hpdm.diffusion import Diffusion
-from hpdm.pyramid import PyramidGeometry
-from hpdm.train import load_model
 
 
 def own_token_share(ckpt: str, sigmas=(0.3, 1.0, 3.0), num: int = 4) -> dict[float, float]:
-    model, cfg = load_model(ckpt)
-    model.eval()
-    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
-    diff = Diffusion(cfg.diffusion, geo)
-    video, labels, _ = render_shapes(torch.arange(50_000, 50_000 + num), *geo.target)
-    factor = [t // p for t, p in zip(geo.target, geo.patch)]
-    x0 = F.avg_pool3d(video, factor) / diff.sigma_in[0]  # level 0, in its scaled space
+    model, _, diff, x0, labels = level0_clips(ckpt, num)
+    x0 = x0 / diff.sigma_in[0]  # level 0, in its scaled space
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(x0.shape, generator=g)
     off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)

@@ -1,0 +1,21 @@
+"""Shared set-up of the diagnostic scripts: a checkpoint in eval mode with held-out shapes clips at
+its level 0 (indices from 50,000 on, which no demo run of under 50,000 videos has seen first)."""
+
+import torch
+import torch.nn.functional as F
+
+from hpdm.data.shapes import render_shapes
+from hpdm.diffusion import Diffusion
+from hpdm.pyramid import PyramidGeometry
+from hpdm.train import load_model
+
+
+def level0_clips(ckpt: str, num: int, first: int = 50_000):
+    """(model, cfg, diffusion, x0, labels): x0 (num, 3, *patch) is each clip's level 0 in [-1, 1]."""
+    model, cfg = load_model(ckpt)
+    model.eval()
+    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+    diff = Diffusion(cfg.diffusion, geo)
+    video, labels, _ = render_shapes(torch.arange(first, first + num), *geo.target)
+    factor = [t // p for t, p in zip(geo.target, geo.patch)]
+    return model, cfg, diff, F.avg_pool3d(video, factor), labels
