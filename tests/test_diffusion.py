@@ -180,3 +180,28 @@ def test_clean_context_gives_coarse_levels_the_sampling_context_noise_and_no_los
     assert torch.equal(sig, sigma) and (per[given] > 0).all()
     with pytest.raises(ConfigError, match="clean_context"):
         load_config("tiny", ["diffusion.clean_context=1.5"])
+
+
+def test_level_weight_scales_each_levels_loss(perturbed):
+    """`diffusion.level_weight`: the loss is Σ_l w_l · mean over videos of level l's loss, with the
+    same draws as the unweighted loss; weights must be one per level, >= 0 and not all zero."""
+    cfg = load_config("tiny", ["diffusion.level_weight=[2.0,1.0,0.0]"])
+    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+    B, L = 8, geo.num_levels
+    model = perturbed(HPDM(cfg))
+    x = torch.rand(B, L, 3, *geo.patch) * 2 - 1
+    boxes = sample_boxes(geo, B, torch.Generator().manual_seed(0))
+    labels = torch.zeros(B, dtype=torch.long)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(B)]  # noqa: E731
+    args = (model, x, boxes.offset, boxes.size, labels)
+    loss, per, _ = Diffusion(cfg.diffusion, geo).loss(*args, generator=gens(), null_class=8)
+    plain, p_per, _ = Diffusion(load_config("tiny").diffusion, geo).loss(
+        *args, generator=gens(), null_class=8
+    )
+    torch.testing.assert_close(per, p_per)
+    m = per.mean(0)
+    torch.testing.assert_close(loss, 2 * m[0] + m[1])
+    torch.testing.assert_close(plain, m.sum())
+    for bad in ("[1.0,1.0]", "[-1.0,1.0,1.0]", "0.0"):
+        with pytest.raises(ConfigError, match="level_weight"):
+            load_config("tiny", [f"diffusion.level_weight={bad}"])

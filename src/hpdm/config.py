@@ -85,6 +85,9 @@ class DiffusionConfig:
     # finished coarse levels at sample.context_sigma). 0 = the paper's independent σ per level.
     clean_context: float = 0.0
     clean_context_sigma: float = 0.05
+    # weight of each level's loss in the sum (the paper sums the levels' losses); a list gives
+    # one per level
+    level_weight: float | list[float] = 1.0
 
 
 @dataclass
@@ -363,10 +366,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.num_classes must be >= 0 (0 = unconditional)")
     if d.sigma_data <= 0 or d.sigma_in0 <= 0:
         raise ConfigError("diffusion.sigma_data and diffusion.sigma_in0 must be positive")
-    for key in ("P_mean", "P_std"):
+    for key in ("P_mean", "P_std", "level_weight"):
         v = getattr(d, key)
         if isinstance(v, list) and len(v) != p.num_levels:
             raise ConfigError(f"diffusion.{key}: a list needs one value per level ({p.num_levels})")
+    lw = d.level_weight if isinstance(d.level_weight, list) else [d.level_weight]
+    if any(not math.isfinite(w) or w < 0 for w in lw) or not any(w > 0 for w in lw):
+        raise ConfigError(
+            f"diffusion.level_weight={d.level_weight}: loss weights must be >= 0 and not all 0 (1 = the paper's sum)"
+        )
     if not 0 <= d.cond_drop < 1:
         raise ConfigError("diffusion.cond_drop must be in [0, 1)")
     _choice(t.optimizer, ("adamw", "lamb"), "train.optimizer")

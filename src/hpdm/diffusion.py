@@ -50,6 +50,7 @@ class Diffusion:
         self.sigma_data = cfg.sigma_data / self.sigma_in  # (L,) data std in each level's scaled space
         self.P_mean = _per_level(cfg.P_mean, geo.num_levels)
         self.P_std = _per_level(cfg.P_std, geo.num_levels)
+        self.level_weight = _per_level(cfg.level_weight, geo.num_levels)
 
     def sample_sigma(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """An independent σ per level per video, LogNormal(P_mean, P_std): (B, L)."""
@@ -158,4 +159,5 @@ class Diffusion:
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM λ(σ): unit weight on the F-target
         per = weight * ((D - y) ** 2).flatten(2).mean(-1)  # (B, L)
         # levels given as clean context carry no loss (the per-level log still shows them)
-        return (per * keep).mean(0).sum(), per.detach(), sigma
+        lw = self.level_weight[:L].to(dev)
+        return (per * keep * lw).mean(0).sum(), per.detach(), sigma
