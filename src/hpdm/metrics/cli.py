@@ -194,6 +194,8 @@ def run_train_classifier(a: argparse.Namespace) -> int:
 
     info = train_classifier(a.out, steps=a.steps, seed=a.seed, kind=a.kind)
     print(
-        f"held-out accuracy {100 * info['held_out_accuracy']:.1f}% in {info['seconds']} s; weights in {a.out}"
+        "held-out accuracy "
+        + ", ".join(f"{100 * v:.1f}% at {k}" for k, v in info["held_out_accuracy"].items())
+        + f" in {info['seconds']} s; weights in {a.out}"
     )
     return 0
