@@ -10,7 +10,9 @@
 # then the real run is sized to TRAIN_SECONDS (default 400) on one cosine schedule, from the
 # shipped model's EMA weights (`--init`, a fresh optimiser) with the knobs it was trained with
 # (pixel context, clean context for half the videos). INIT=none trains from scratch instead (then
-# overrides may change the widths, e.g. model.dim=192; INIT=DIR starts from another checkpoint).
+# overrides may change the widths, e.g. model.dim=192, or the token size: model.cube=[2,2,2] is
+# what moved level 0 most per step on the CPU (docs/decisions.md, "level-0 probes"); INIT=DIR
+# starts from another checkpoint).
 # The shipped model's level 0 is at what its size and recipe give on a 2-core CPU
 # (docs/decisions.md, "level 0 limits the demo"). Evaluate what comes back on any machine:
 #   hpdm eval report --ckpt $OUT/demo --num 32
