@@ -8,11 +8,14 @@
 # need torch, einops, safetensors, tqdm, PyYAML and numpy, which a CUDA image usually has (PyAV is
 # only for writing videos). Steps: a short run measures steps/s at this batch size on this machine,
 # then the real run is sized to TRAIN_SECONDS (default 400) on one cosine schedule, from the
-# shipped model's EMA weights (`--init`, a fresh optimiser) with the knobs it was trained with
-# (pixel context, clean context for half the videos). INIT=none trains from scratch instead (then
-# overrides may change the widths, e.g. model.dim=192, or the token size: model.cube=[2,2,2] is
-# what moved level 0 most per step on the CPU (docs/decisions.md, "level-0 probes"); INIT=DIR
-# starts from another checkpoint).
+# shipped model's EMA weights (`--init`, a fresh optimiser) with the knobs its last stages were
+# trained with (pixel context, clean context for half the videos, level 0 at σ ~ LogNormal(0.3, 1.0)
+# with its loss weighted twice). INIT=none trains from scratch instead (then
+# overrides may change the widths, e.g. model.dim=192, or the token size: 2x2x2 tokens at level 0
+# (model.cube0=[2,2,2]) are what moved level 0 most per step on the CPU (docs/decisions.md,
+# "level-0 probes"), and keep `hpdm demo` under a minute on 2 cores where model.cube=[2,2,2] at
+# every level would not; INIT=DIR starts from another checkpoint). With the default INIT,
+# model.cube0=[2,2,2] keeps everything but level 0's new tokenizer and detokenizer.
 # The shipped model's level 0 is at what its size and recipe give on a 2-core CPU
 # (docs/decisions.md, "level 0 limits the demo"). Evaluate what comes back on any machine:
 #   hpdm eval report --ckpt $OUT/demo --num 32
@@ -33,7 +36,8 @@ init_args=()
 [ "$init" = none ] || init_args=(--init "$init")
 rm -rf "$run" "$run.rate"
 args=(demo "train.batch_size=$batch" train.lr=1.0e-3 train.warmup=200 train.seed=2 "data.num_workers=$workers"
-  train.ckpt_every=1000000 train.sample_every=0 model.pixel_context=true diffusion.clean_context=0.5 "$@")
+  train.ckpt_every=1000000 train.sample_every=0 model.pixel_context=true diffusion.clean_context=0.5
+  "diffusion.P_mean=[0.3,-1.2,-1.2]" "diffusion.P_std=[1.0,1.2,1.2]" "diffusion.level_weight=[2,1,1]" "$@")
 "$py" -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', torch.__version__)" |
   tee "$out/device.txt"
 

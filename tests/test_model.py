@@ -78,10 +78,14 @@ KNOBS = [
     "model.token_attn=true",
     "model.token_cond=true",
     "model.pixel_context=true",
+    "model.cube0=[1,2,2]",  # level 0's own, finer token grid
 ]
 
 
-@pytest.mark.parametrize("lpb,knob", [("[1,2,3]", None), ("[3,3,3]", None), *(("[1,2,3]", k) for k in KNOBS)])
+@pytest.mark.parametrize(
+    "lpb,knob",
+    [("[1,2,3]", None), ("[3,3,3]", None), ("[3,3,3]", KNOBS[-1]), *(("[1,2,3]", k) for k in KNOBS)],
+)
 def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb, knob):
     cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
     model = perturbed(HPDM(cfg))
@@ -249,7 +253,9 @@ def test_sampled_context_reads_the_child_region(tiny_config):
     torch.testing.assert_close(ctx[0], want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("lpb,knob", [("[1,2,3]", None), ("null", None), *(("[1,2,3]", k) for k in KNOBS)])
+@pytest.mark.parametrize(
+    "lpb,knob", [("[1,2,3]", None), ("null", None), ("null", KNOBS[-1]), *(("[1,2,3]", k) for k in KNOBS)]
+)
 def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb, knob):
     cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
     model = perturbed(HPDM(cfg), std=0.1)
@@ -399,3 +405,24 @@ def test_pixel_context_feeds_the_previous_levels_pixels(tiny_config, perturbed):
         tiny_config("model.fusion=shallow", "model.pixel_context=true")
     with pytest.raises(ValueError, match="add model.pixel_context=true"):
         init_from_state(HPDM(tiny_config()), model.state_dict())  # the reverse: tells what to add
+
+
+def test_level0_cube_gives_level0_its_own_finer_tokens(tiny_config, perturbed):
+    """`model.cube0`: level 0 alone is tokenized with its own cube (4x the tokens here), the finer
+    levels keep `model.cube`; a cube0 equal to the cube is the plain model, weight for weight."""
+    cfg = tiny_config("model.cube0=[1,2,2]", "model.token_conv=true")
+    model = perturbed(HPDM(cfg))
+    assert model.split0 and model.grid0 == (2, 4, 4) and model.grid == (2, 2, 2)
+    assert model.num_tokens0 == 4 * model.num_tokens
+    assert model.tokenizer0.in_features == 3 * 1 * 2 * 2 and model.detokenizer0.out_features == 12
+    assert torch.all(HPDM(cfg).detokenizer0.weight == 0)  # level 0 also starts as D = c_skip·x
+    x, c, off, size, labels = inputs(cfg)
+    x = x.requires_grad_(True)
+    out = model(x, c, off, size, labels)
+    assert out.shape == x.shape
+    (g,) = torch.autograd.grad(out[:, 0, :, 0, 0, 0].sum(), x)
+    assert g[:, 0].abs().sum() > 0 and torch.all(g[:, 1:] == 0)
+    plain = HPDM(tiny_config("model.cube0=[1,4,4]"))
+    assert not plain.split0 and set(plain.state_dict()) == set(HPDM(tiny_config()).state_dict())
+    with pytest.raises(ConfigError, match="cube0"):
+        tiny_config("model.cube0=[1,3,3]")

@@ -172,11 +172,16 @@ def test_cached_and_uncached_sampling_agree(tiny):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
 
 
-def test_cached_and_uncached_sampling_agree_with_pixel_context():
-    cfg = load_config("tiny", ["model.pixel_context=true"])
+@pytest.mark.parametrize("overrides", [[], ["model.cube0=[1,2,2]"]])
+def test_cached_and_uncached_sampling_agree_with_pixel_context(overrides):
+    """Also with level 0 on its own, finer token grid, at a size where level 0 is two tiles."""
+    cfg = load_config("tiny", ["model.pixel_context=true", *overrides])
     c = Cascade(perturbed_model(cfg), cfg)
-    a = c.generate(num=2, seed=1, cache="context", progress=False, guidance=1.5)
-    b = c.generate(num=2, seed=1, cache="none", progress=False, guidance=1.5)
+    size = None if not overrides else (4, 32, 64)
+    a = c.generate(num=2, seed=1, size=size, cache="context", progress=False, guidance=1.5)
+    b = c.generate(num=2, seed=1, size=size, cache="none", progress=False, guidance=1.5)
+    if overrides:
+        assert a.levels[0].shape[-1] == 2 * cfg.pyramid.patch[-1]
     for x, y in zip(a.levels, b.levels):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
 

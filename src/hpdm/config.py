@@ -49,6 +49,9 @@ class PyramidConfig:
 @dataclass
 class ModelConfig:
     cube: Size3 = (1, 4, 4)  # tokenizer pixel cube
+    # level 0's own cube (None: `cube`); a smaller one gives level 0, which draws the layout and
+    # the outlines, more tokens while the finer levels keep theirs (not in the paper)
+    cube0: Size3 | None = None
     dim: int = 128  # data-token width d
     latent_dim: int = 128  # latent width d_lat
     num_latents: int = 32  # m
@@ -332,6 +335,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"model.cube: patch {'fhw'[a]}-size {r} is not divisible by cube size {c}; "
                 f"choose a cube that divides the patch {list(p.patch)}"
+            )
+    for a, (r, c) in enumerate(zip(p.patch, m.cube0 or m.cube)):
+        if c <= 0 or r % c:
+            raise ConfigError(
+                f"model.cube0: patch {'fhw'[a]}-size {r} is not divisible by level 0's cube size {c}; "
+                f"choose a cube that divides the patch {list(p.patch)}, or null for model.cube"
             )
     for name in ("dim", "latent_dim", "num_latents", "num_blocks", "latent_layers", "heads"):
         if getattr(m, name) <= 0:

@@ -52,7 +52,7 @@ def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, lis
                 raise ValueError(
                     f"cannot initialise '{key}' of shape {tuple(target.shape)} from the base's "
                     f"{tuple(src.shape)}: the base must have the same widths (model.dim, latent_dim, "
-                    "num_latents, num_blocks, cube, patch) as the grown config"
+                    "num_latents, num_blocks, cube, cube0, patch) as the grown config"
                 )
         report["ignored"] = sorted(set(base) - set(own))
     return report

@@ -57,9 +57,13 @@ def model_info(cfg: Config, batch: int = 1, measure_memory: bool = True) -> dict
     blocks = [flops(f"blocks.{b}") for b in range(len(lpb))]
     fusion = [flops(f"fusion.{b}") for b in range(len(lpb))]
     per_level = [0.0] * L
+    tokens = [model.num_tokens0] + [model.num_tokens] * (L - 1)
     for b, nb in enumerate(lpb):
-        for lvl in range(min(nb, L)):
-            per_level[lvl] += blocks[b] / nb  # levels are folded into the batch: equal shares
+        active = range(min(nb, L))
+        for lvl in active:
+            # levels are folded into the batch: shares by token count (equal unless level 0 has
+            # its own cube, `model.cube0`)
+            per_level[lvl] += blocks[b] * tokens[lvl] / sum(tokens[k] for k in active)
             if lvl > 0 and nb > 1:
                 per_level[lvl] += fusion[b] / (nb - 1)
     rest = total - sum(blocks) - sum(fusion)
@@ -79,7 +83,7 @@ def model_info(cfg: Config, batch: int = 1, measure_memory: bool = True) -> dict
             {
                 "level": lvl,
                 "virtual_size": list(geo.level_sizes[lvl]),
-                "tokens": model.num_tokens,
+                "tokens": model.num_tokens0 if lvl == 0 else model.num_tokens,
                 "blocks": [b for b, nb in enumerate(lpb) if lvl < nb],
                 "train_step_flops": per_level[lvl] / batch,
             }

@@ -5,7 +5,8 @@ Levels are folded into the batch: tensors carry a level axis `(B, L, ...)` and e
 once on `(B * L_b, ...)`, where `L_b = levels_per_block[b]` is the prefix of levels block `b`
 processes. Weights are shared across levels; every level has its own learned latents. The only
 path between levels is DCF, which reads coarser levels' block inputs at the finer patch's token
-centres, so information flows coarse → fine only.
+centres, so information flows coarse → fine only. With `model.cube0` level 0 has its own token
+grid and runs through each block in a call of its own.
 """
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ class RINBlock(nn.Module):
         self.write = Attention(dim, latent_dim, heads)
         self.write_mlp = mlp(dim, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor, grid: tuple[int, int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`grid`: the token grid of x when it is not the one the block was built for (level 0's
+        own grid with `model.cube0`); the convolution's weights do not depend on it."""
         if self.token_conv is not None:
-            f, h, w = self.grid
+            f, h, w = grid or self.grid
             g = rearrange(x, "b (f h w) d -> b d f h w", f=f, h=h, w=w)
             x = x + rearrange(self.token_conv(g), "b d f h w -> b (f h w) d")
         if self.token_attn is not None:
@@ -125,6 +130,12 @@ class HPDM(nn.Module):
         self.cube = tuple(m.cube)
         self.grid = token_grid(self.patch, self.cube)
         self.num_tokens = math.prod(self.grid)
+        # level 0 may have its own, smaller cube: then it has its own tokenizer, positions and
+        # detokenizer, and runs through each block in a call of its own (`split0`)
+        self.cube0 = tuple(m.cube0) if m.cube0 is not None else self.cube
+        self.split0 = self.cube0 != self.cube
+        self.grid0 = token_grid(self.patch, self.cube0)
+        self.num_tokens0 = math.prod(self.grid0)
         self.levels_per_block = levels_per_block(cfg)
         self.deep = m.fusion == "deep"
         self.shallow = m.fusion == "shallow"
@@ -140,6 +151,10 @@ class HPDM(nn.Module):
         self.pos = nn.Parameter(torch.randn(self.num_tokens, d) * 0.02)
         self.detok_norm = nn.LayerNorm(d)
         self.detokenizer = nn.Linear(d, 3 * cube_vol)
+        if self.split0:
+            self.tokenizer0 = nn.Linear(in_ch * math.prod(self.cube0), d)
+            self.pos0 = nn.Parameter(torch.randn(self.num_tokens0, d) * 0.02)
+            self.detokenizer0 = nn.Linear(d, 3 * math.prod(self.cube0))
 
         self.latents = nn.Parameter(torch.randn(self.num_levels, m.num_latents, dl) * 0.02)
         self.noise_embed = FourierEmbedding(dl)
@@ -183,6 +198,8 @@ class HPDM(nn.Module):
             with torch.no_grad():
                 lin.weight[:, : self.cfg.dim].copy_(torch.eye(self.cfg.dim))
         nn.init.zeros_(self.detokenizer.weight)  # start as D = c_skip·x (DiT-style zero output)
+        if self.split0:
+            nn.init.zeros_(self.detokenizer0.weight)
         if self.self_cond is not None:  # previous latents start with no effect
             nn.init.zeros_(self.self_cond[1].weight)
         if self.token_cond is not None:  # starts as a no-op
@@ -200,15 +217,20 @@ class HPDM(nn.Module):
     def null_class(self) -> int:
         return self.cfg.num_classes
 
-    def _tokenize(self, x: torch.Tensor) -> torch.Tensor:
-        cf, ch, cw = self.cube
-        t = rearrange(x, "n c (f cf) (h ch) (w cw) -> n (f h w) (cf ch cw c)", cf=cf, ch=ch, cw=cw)
-        return self.tokenizer(t) + self.pos
+    def _grid(self, level0: bool) -> tuple[int, int, int]:
+        return self.grid0 if level0 and self.split0 else self.grid
 
-    def _detokenize(self, t: torch.Tensor) -> torch.Tensor:
-        cf, ch, cw = self.cube
-        nf, nh, nw = self.grid
-        y = self.detokenizer(self.detok_norm(t))
+    def _tokenize(self, x: torch.Tensor, level0: bool = False) -> torch.Tensor:
+        own = level0 and self.split0
+        cf, ch, cw = self.cube0 if own else self.cube
+        t = rearrange(x, "n c (f cf) (h ch) (w cw) -> n (f h w) (cf ch cw c)", cf=cf, ch=ch, cw=cw)
+        return self.tokenizer0(t) + self.pos0 if own else self.tokenizer(t) + self.pos
+
+    def _detokenize(self, t: torch.Tensor, level0: bool = False) -> torch.Tensor:
+        own = level0 and self.split0
+        cf, ch, cw = self.cube0 if own else self.cube
+        nf, nh, nw = self._grid(level0)
+        y = (self.detokenizer0 if own else self.detokenizer)(self.detok_norm(t))
         return rearrange(
             y, "n (f h w) (cf ch cw c) -> n c (f cf) (h ch) (w cw)", f=nf, h=nh, w=nw, cf=cf, ch=ch, cw=cw
         )
@@ -251,19 +273,21 @@ class HPDM(nn.Module):
         tgt_size: torch.Tensor,
         pairs: torch.Tensor,
         weights: torch.Tensor,
+        src_grid: tuple[int, int, int] | None = None,
     ) -> torch.Tensor:
         """Deep context for T target patches from S source patches (paper eqs. 7–8).
 
-        xs (B, S, n, d) source activations; boxes (B, S|T, 3); pairs (P, 2) of (target, source);
-        weights (T, P) averaging matrix. One batched grid_sample over all pairs.
-        Returns (B, T, n, d).
+        xs (B, S, n, d) source activations on the token grid `src_grid` (default: the model's);
+        boxes (B, S|T, 3); pairs (P, 2) of (target, source); weights (T, P) averaging matrix. One
+        batched grid_sample over all pairs. Returns (B, T, n_target, d).
         """
         B, S, n, d = xs.shape
         ti, si = pairs[:, 0], pairs[:, 1]
         src = xs[:, si]  # (B, P, n, d)
         if self.cfg.detach_context:
             src = src.detach()
-        src = rearrange(src, "b p (f h w) d -> (b p) d f h w", f=self.grid[0], h=self.grid[1], w=self.grid[2])
+        f, h, w = src_grid or self.grid
+        src = rearrange(src, "b p (f h w) d -> (b p) d f h w", f=f, h=h, w=w)
         grid = relative_grid(tgt_off[:, ti], tgt_size[:, ti], src_off[:, si], src_size[:, si], self.grid)
         sampled = F.grid_sample(
             src, grid.flatten(0, 1).to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False
@@ -282,27 +306,80 @@ class HPDM(nn.Module):
             self._pair_cache[key] = (torch.tensor(pairs, device=device, dtype=torch.long), weights)
         return self._pair_cache[key]
 
+    def _pairs_split(self, targets: tuple[int, ...], device) -> list:
+        """`_pairs` cut by source: [(pairs from level 0, weights), (pairs from levels ≥ 1 with the
+        source counted from level 1, weights) or None], for level 0's own token grid."""
+        key = ("split", targets, str(device))
+        if key not in self._pair_cache:
+            pairs, weights = self._pairs(targets, device)
+            first = pairs[:, 1] == 0
+            rest = pairs[~first] - torch.tensor([0, 1], device=device)
+            self._pair_cache[key] = [
+                (pairs[first], weights[:, first]),
+                (rest, weights[:, ~first]) if len(rest) else None,
+            ]
+        return self._pair_cache[key]
+
+    def _context(self, ts, own0, src_off, src_size, tgt_off, tgt_size, targets) -> torch.Tensor:
+        """Averaged deep context (B, T, n, d) for the levels `targets` from every coarser level of
+        the token groups `ts` (one group, or level 0 alone then the rest when `own0`)."""
+        if not own0:
+            pairs, w = self._pairs(targets, ts[0].device)
+            return self._sample_context(ts[0], src_off, src_size, tgt_off, tgt_size, pairs, w)
+        out = None
+        for g, part in enumerate(self._pairs_split(targets, ts[0].device)):
+            if part is None:
+                continue
+            a = 0 if g == 0 else 1
+            ctx = self._sample_context(
+                ts[g], src_off[:, a:], src_size[:, a:], tgt_off, tgt_size, *part, self._grid(g == 0)
+            )
+            out = ctx if out is None else out + ctx
+        return out
+
     def _fuse(self, b: int, a: torch.Tensor, ctx: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         parts = [a, ctx] + ([coords] if self.coord_dim else [])
         return self.fusion[str(b)](torch.cat(parts, dim=-1))
 
-    def _block(self, b: int, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _block(
+        self, b: int, x: torch.Tensor, z: torch.Tensor, grid=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.activation_checkpointing and self.training:
-            return checkpoint(self.blocks[b], x, z, use_reentrant=False)
-        return self.blocks[b](x, z)
+            return checkpoint(self.blocks[b], x, z, grid, use_reentrant=False)
+        return self.blocks[b](x, z, grid)
 
     def _embed(
-        self, x, c_noise, offset, size, level_ids, labels, text, prev=None, prev_mask=None, pixels=None
+        self,
+        x,
+        c_noise,
+        offset,
+        size,
+        level_ids,
+        labels,
+        text,
+        prev=None,
+        prev_mask=None,
+        pixels=None,
+        own0=False,
     ):
+        """Data tokens as a list of groups of levels (B, L_g, n_g, d) — all levels in one group, or
+        with `own0` the first level (level 0 with its own cube) alone, then the rest — and the
+        latents with the conditioning tokens (B, L, m + c, d_lat)."""
         B, L = x.shape[:2]
         if self.pixels:
             if pixels is None:
                 pixels = self._shallow_context(x, offset, size)
             x = torch.cat([x, pixels], dim=2)
-        tokens = self._tokenize(x.flatten(0, 1)).view(B, L, self.num_tokens, -1)  # (B, L, n, d)
+        groups = [x[:, :1], x[:, 1:]] if own0 else [x]
+        tokens = [
+            self._tokenize(g.flatten(0, 1), own0 and i == 0).view(B, g.shape[1], -1, self.cfg.dim)
+            for i, g in enumerate(groups)
+            if g.shape[1]
+        ]
         cond = self._cond_tokens(c_noise, level_ids, labels, text)
         if self.token_cond is not None:  # (B, L, 1, d): noise level, level and condition, on every token
-            tokens = tokens + self.token_cond(cond.sum(dim=2, keepdim=True))
+            add = self.token_cond(cond.sum(dim=2, keepdim=True))
+            tokens = [t + a for t, a in zip(tokens, add.split([t.shape[1] for t in tokens], dim=1))]
         lat = self.latents[level_ids].expand(B, -1, -1, -1)  # (B, L, m, d_lat)
         if prev is not None:
             if self.self_cond is None:
@@ -362,29 +439,65 @@ class HPDM(nn.Module):
         if L > self.num_levels:
             raise ValueError(f"model was built for {self.num_levels} levels, got {L}")
         level_ids = torch.arange(L, device=x.device)
-        t, z = self._embed(x, c_noise, offset, size, level_ids, labels, text, prev, prev_mask)
+        own0 = self.split0
+        ts, z = self._embed(x, c_noise, offset, size, level_ids, labels, text, prev, prev_mask, own0=own0)
         coords = self._coords(offset, size) if self.deep else None
         for b, lpb in enumerate(self.levels_per_block):
-            t, z = self._stack_block(b, min(lpb, L), t, z, offset, size, coords)
-        out = self._detokenize(t.flatten(0, 1)).view(x.shape)
+            ts, z = self._stack_block(b, min(lpb, L), ts, z, offset, size, coords, own0)
+        outs = [
+            self._detokenize(t.flatten(0, 1), own0 and g == 0).view(B, t.shape[1], *x.shape[2:])
+            for g, t in enumerate(ts)
+        ]
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         if return_latents:
             return out, z[:, :, : self.cfg.num_latents]
         return out
 
-    def _stack_block(self, b, nb, t, z, offset, size, coords):
-        """Block `b` on the first `nb` levels of a stack (DCF first); the other levels keep their activations."""
-        B = t.shape[0]
-        ta, za = t[:, :nb], z[:, :nb]
-        if self.deep and nb > 1:
-            pairs, w = self._pairs(tuple(range(1, nb)), t.device)
-            ctx = self._sample_context(
-                ta, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], pairs, w
-            )
-            ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
-        to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
-        t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
-        z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
-        return t, z
+    def _stack_block(self, b, nb, ts, z, offset, size, coords, own0=False):
+        """Block `b` on the first `nb` levels of a stack of token groups (DCF first); the other
+        levels keep their activations. With `own0`, level 0 (its own token grid) runs in a call of
+        its own; the block treats every sample alike, so this changes nothing else."""
+        if not own0:
+            (t,) = ts
+            B = t.shape[0]
+            ta, za = t[:, :nb], z[:, :nb]
+            if self.deep and nb > 1:
+                ctx = self._context(
+                    [ta],
+                    False,
+                    offset[:, :nb],
+                    size[:, :nb],
+                    offset[:, 1:nb],
+                    size[:, 1:nb],
+                    tuple(range(1, nb)),
+                )
+                ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
+            to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
+            t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
+            z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
+            return [t], z
+        t0, B = ts[0], ts[0].shape[0]
+        zs = []
+        if nb > 1:  # levels 1 .. nb-1, fused with the context of every coarser level first
+            rest = ts[1]
+            ta = rest[:, : nb - 1]
+            if self.deep:
+                ctx = self._context(
+                    ts,
+                    True,
+                    offset[:, :nb],
+                    size[:, :nb],
+                    offset[:, 1:nb],
+                    size[:, 1:nb],
+                    tuple(range(1, nb)),
+                )
+                ta = self._fuse(b, ta, ctx, coords[:, 1:nb])
+            to, zo = self._block(b, ta.flatten(0, 1), z[:, 1:nb].flatten(0, 1))
+            rest = torch.cat([to.view(B, nb - 1, *to.shape[1:]), rest[:, nb - 1 :]], dim=1)
+            zs = [zo.view(B, nb - 1, *zo.shape[1:])]
+        t0, z0 = self._block(b, t0[:, 0], z[:, 0], self.grid0)
+        z = torch.cat([z0[:, None], *zs, z[:, nb:]], dim=1)
+        return [t0[:, None], *([rest] if nb > 1 else ts[1:])], z
 
     def context(
         self,
@@ -407,24 +520,21 @@ class HPDM(nn.Module):
         if not self.deep:
             raise ValueError("context caching needs model.fusion=deep")
         level_ids = torch.arange(lvl, device=x.device)
-        t, z = self._embed(x, c_noise, offset, size, level_ids, labels, text)
+        own0 = self.split0
+        ts, z = self._embed(x, c_noise, offset, size, level_ids, labels, text, own0=own0)
         coords = self._coords(offset, size)
         last = max(b for b, v in enumerate(self.levels_per_block) if v > lvl)
         out: list[torch.Tensor | None] = []
         for b in range(last + 1):  # later blocks never reach the target level
             lpb = self.levels_per_block[b]
             if lvl < lpb:  # the block processes the target level, so every coarse level is active
-                pairs, w = self._pairs((lvl,), x.device)
-                out.append(
-                    self._sample_context(t, offset, size, tgt_offset[:, None], tgt_size[:, None], pairs, w)[
-                        :, 0
-                    ]
-                )
+                ctx = self._context(ts, own0, offset, size, tgt_offset[:, None], tgt_size[:, None], (lvl,))
+                out.append(ctx[:, 0])
             else:
                 out.append(None)
             if b == last:
                 break
-            t, z = self._stack_block(b, min(lpb, lvl), t, z, offset, size, coords)
+            ts, z = self._stack_block(b, min(lpb, lvl), ts, z, offset, size, coords, own0)
         out += [None] * (len(self.levels_per_block) - len(out))
         return out
 
@@ -457,7 +567,8 @@ class HPDM(nn.Module):
                 )
             pixels = torch.zeros_like(x) if pixels is None else pixels
         level_ids = torch.tensor([level], device=x.device)
-        t, z = self._embed(
+        own0 = level == 0 and self.split0
+        ts, z = self._embed(
             x[:, None],
             c_noise[:, None],
             offset[:, None],
@@ -467,8 +578,10 @@ class HPDM(nn.Module):
             text,
             prev[:, None] if prev is not None else None,
             pixels=pixels[:, None] if pixels is not None else None,
+            own0=own0,
         )
-        t, z = t[:, 0], z[:, 0]
+        t, z = ts[0][:, 0], z[:, 0]
+        grid = self.grid0 if own0 else None
         coords = self._coords(offset, size) if self.deep and level > 0 else None
         for b, lpb in enumerate(self.levels_per_block):
             if level >= lpb:
@@ -479,8 +592,8 @@ class HPDM(nn.Module):
                         f"block {b} needs the context of level {level}; compute it with context()"
                     )
                 t = self._fuse(b, t, context[b], coords)
-            t, z = self.blocks[b](t, z)
-        out = self._detokenize(t).view(B, *x.shape[1:])
+            t, z = self.blocks[b](t, z, grid)
+        out = self._detokenize(t, own0).view(B, *x.shape[1:])
         if return_latents:
             return out, z[:, : self.cfg.num_latents]
         return out
