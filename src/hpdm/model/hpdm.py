@@ -457,47 +457,35 @@ class HPDM(nn.Module):
         """Block `b` on the first `nb` levels of a stack of token groups (DCF first); the other
         levels keep their activations. With `own0`, level 0 (its own token grid) runs in a call of
         its own; the block treats every sample alike, so this changes nothing else."""
+        B = ts[0].shape[0]
+        ctx = None
+        if self.deep and nb > 1:  # levels 1 .. nb-1 read every coarser level's block input
+            targets = tuple(range(1, nb))
+            ctx = self._context(
+                ts, own0, offset[:, :nb], size[:, :nb], offset[:, 1:nb], size[:, 1:nb], targets
+            )
         if not own0:
             (t,) = ts
-            B = t.shape[0]
             ta, za = t[:, :nb], z[:, :nb]
-            if self.deep and nb > 1:
-                ctx = self._context(
-                    [ta],
-                    False,
-                    offset[:, :nb],
-                    size[:, :nb],
-                    offset[:, 1:nb],
-                    size[:, 1:nb],
-                    tuple(range(1, nb)),
-                )
+            if ctx is not None:
                 ta = torch.cat([ta[:, :1], self._fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
             to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
             t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
             z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
             return [t], z
-        t0, B = ts[0], ts[0].shape[0]
-        zs = []
-        if nb > 1:  # levels 1 .. nb-1, fused with the context of every coarser level first
+        groups, zs = list(ts), []
+        if nb > 1:  # levels 1 .. nb-1 in one call
             rest = ts[1]
             ta = rest[:, : nb - 1]
-            if self.deep:
-                ctx = self._context(
-                    ts,
-                    True,
-                    offset[:, :nb],
-                    size[:, :nb],
-                    offset[:, 1:nb],
-                    size[:, 1:nb],
-                    tuple(range(1, nb)),
-                )
+            if ctx is not None:
                 ta = self._fuse(b, ta, ctx, coords[:, 1:nb])
             to, zo = self._block(b, ta.flatten(0, 1), z[:, 1:nb].flatten(0, 1))
-            rest = torch.cat([to.view(B, nb - 1, *to.shape[1:]), rest[:, nb - 1 :]], dim=1)
+            groups[1] = torch.cat([to.view(B, nb - 1, *to.shape[1:]), rest[:, nb - 1 :]], dim=1)
             zs = [zo.view(B, nb - 1, *zo.shape[1:])]
-        t0, z0 = self._block(b, t0[:, 0], z[:, 0], self.grid0)
+        t0, z0 = self._block(b, ts[0][:, 0], z[:, 0], self.grid0)
+        groups[0] = t0[:, None]
         z = torch.cat([z0[:, None], *zs, z[:, nb:]], dim=1)
-        return [t0[:, None], *([rest] if nb > 1 else ts[1:])], z
+        return groups, z
 
     def context(
         self,
