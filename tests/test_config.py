@@ -66,6 +66,7 @@ def test_overrides_parse_types():
         ("model.use_coords=maybe", ["model.use_coords", "true/false"]),
         ("pyramid.patch=[2,8]", ["pyramid.patch", "3 values"]),
         ("model.fusion=wide", ["model.fusion", "deep"]),
+        ("data.render=gpu", ["data.render", "device"]),
         ("train.lr", ["key=value"]),
     ],
 )

@@ -272,6 +272,32 @@ def test_data_workers_give_the_same_batches(tiny_config):
         assert torch.equal(x["index"], y["index"]) and torch.equal(x["video"], y["video"])
 
 
+def test_shapes_drawn_on_the_training_device_come_from_the_main_process(tiny_config, monkeypatch):
+    """data.render=device: the dataset draws on the trainer's device and the stream runs without
+    workers (CUDA cannot be used in forked workers), with the batches the workers would give."""
+    seen = []
+    real = data_mod.batch_stream
+
+    def spy(*args, **kw):
+        seen.append(kw["num_workers"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr("hpdm.train.batch_stream", spy)
+    batches = {}
+    for where in ("cpu", "device"):
+        tr = Trainer(
+            tiny_config("train.batch_size=2", "data.num_workers=2", f"data.render={where}"), progress=False
+        )
+        assert tr.render_on_device == (where == "device") and tr.dataset.device == tr.device
+        stream = tr._batches()
+        batches[where] = [next(stream) for _ in range(2)]
+    assert seen == [2, 0]
+    for x, y in zip(batches["cpu"], batches["device"]):
+        assert torch.equal(x["index"], y["index"]) and torch.equal(x["video"], y["video"])
+    auto = Trainer(tiny_config("data.render=auto"), progress=False)  # auto: only CUDA draws on the device
+    assert not auto.render_on_device
+
+
 def test_grad_accumulation_equals_a_bigger_batch(tiny_config, tmp_path):
     """Per-video draws keyed by stream position: 2 micro-batches of 2 == 1 batch of 4."""
     runs = {}

@@ -37,6 +37,9 @@ class DataConfig:
     short_video: str = "loop"  # loop | pad | skip
     num_workers: int = 0
     pin_memory: bool = True
+    # `shapes` only: where training clips are drawn. cpu: in the loader workers; device: on the
+    # training device, in the main process (a GPU outruns CPU workers); auto: device on CUDA
+    render: str = "auto"
 
 
 @dataclass
@@ -422,6 +425,7 @@ def validate(cfg: Config) -> None:
     if s.steps <= 0 or not 0 < s.sigma_min < s.sigma_max:
         raise ConfigError("sample: steps must be positive and 0 < sigma_min < sigma_max")
     _choice(cfg.data.short_video, ("loop", "pad", "skip"), "data.short_video")
+    _choice(cfg.data.render, ("auto", "cpu", "device"), "data.render")
     _choice(cfg.data.dataset, ("shapes", "folder", "ucf101", "captions", "cache"), "data.dataset")
     if cfg.data.dataset != "shapes" and not cfg.data.path:
         raise ConfigError(f"data.path is required for data.dataset={cfg.data.dataset}")

@@ -175,6 +175,12 @@ class Trainer:
                     f"the dataset has {self.dataset.num_classes} classes but model.num_classes="
                     f"{cfg.model.num_classes}; set model.num_classes={self.dataset.num_classes}"
                 )
+        # `shapes` drawn on the training device: its batches come from the main process then
+        self.render_on_device = hasattr(self.dataset, "device") and (
+            cfg.data.render == "device" or (cfg.data.render == "auto" and self.device.type == "cuda")
+        )
+        if self.render_on_device:
+            self.dataset.device = self.device
         if resume:
             self._resume(resume)
 
@@ -265,8 +271,8 @@ class Trainer:
             start_step=start,
             rank=self.ctx.rank,
             world=self.ctx.world,
-            num_workers=d.num_workers,
-            pin_memory=d.pin_memory and self.device.type == "cuda",
+            num_workers=0 if self.render_on_device else d.num_workers,
+            pin_memory=d.pin_memory and self.device.type == "cuda" and not self.render_on_device,
         )
         return self._with_positions(stream, start)
 

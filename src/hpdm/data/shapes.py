@@ -357,10 +357,10 @@ def _bounce(p0: torch.Tensor, v: torch.Tensor, span: torch.Tensor, t: torch.Tens
 
 def _render_chunk(p: dict[str, torch.Tensor], F: int, H: int, W: int) -> torch.Tensor:
     """Render one chunk in float32 colour [0, 1]: (b, 3, F, H, W)."""
-    b = p["class_id"].shape[0]
-    t = (torch.arange(F, dtype=torch.float32) + 0.5) / F
-    ys = (torch.arange(H, dtype=torch.float32) + 0.5) / H
-    xs = (torch.arange(W, dtype=torch.float32) + 0.5) / W
+    b, dev = p["class_id"].shape[0], p["size"].device
+    t = (torch.arange(F, dtype=torch.float32, device=dev) + 0.5) / F
+    ys = (torch.arange(H, dtype=torch.float32, device=dev) + 0.5) / H
+    xs = (torch.arange(W, dtype=torch.float32, device=dev) + 0.5) / W
 
     # --- background: sum of box-prefiltered plane waves, separable as cos(a + c) = ca cc - sa sc
     # with a = a(x) and c = c(t, y), so the per-pixel work is one batched matmul over waves
@@ -413,7 +413,7 @@ def _render_chunk(p: dict[str, torch.Tensor], F: int, H: int, W: int) -> torch.T
     a_line = (0.5 - (sdf - _OUTLINE) / pix).clamp_(0, 1)[:, None]
     shade = (1.08 - 0.14 * ly).clamp(0, 1.2)[:, None]  # gentle top-lit shading
     fill = (p["shape_color"][:, :, None, None, None] * shade).clamp_(0, 1)
-    outline = torch.tensor(_OUTLINE_RGB)[None, :, None, None, None]
+    outline = torch.tensor(_OUTLINE_RGB, device=dev)[None, :, None, None, None]
     img = torch.lerp(img, outline.expand_as(img), a_line)
     img = torch.lerp(img, fill, a_fill)
     return img
@@ -425,18 +425,23 @@ def render(
     height: int,
     width: int,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Render scenes from `sample_params` at any size: (B, 3, F, H, W) in [-1, 1].
 
-    Computed in float32 (chunks over the batch bound memory) and cast to `dtype`.
+    Computed in float32 on `device` (default: the parameters' device; chunks over the batch bound
+    memory) and cast to `dtype`.
     """
     if min(num_frames, height, width) < 1:
         raise ValueError(f"shapes.render: need positive sizes, got F={num_frames} H={height} W={width}")
     B = params["class_id"].shape[0]
-    out = torch.empty(B, 3, num_frames, height, width, dtype=dtype)
-    chunk = max(1, (1 << 19) // (num_frames * height * width))  # ~0.5M pixels: measured fastest
+    device = torch.device(device) if device is not None else params["size"].device
+    out = torch.empty(B, 3, num_frames, height, width, dtype=dtype, device=device)
+    # ~0.5M pixels a chunk: measured fastest on CPU; a GPU wants few large launches
+    pixels = 1 << (24 if device.type == "cuda" else 19)
+    chunk = max(1, pixels // (num_frames * height * width))
     for s in range(0, B, chunk):
-        part = {key: v[s : s + chunk] for key, v in params.items()}
+        part = {key: v[s : s + chunk].to(device) for key, v in params.items()}
         out[s : s + chunk] = _render_chunk(part, num_frames, height, width).mul_(2).sub_(1).to(dtype)
     return out
 
@@ -502,14 +507,20 @@ def render_shapes(
     width: int,
     seed: int = 0,
     class_ids: torch.Tensor | Sequence[int] | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Videos (B, 3, F, H, W) in [-1, 1], labels (B,) long and captions for sample indices."""
+    """Videos (B, 3, F, H, W) in [-1, 1] on `device` (default CPU), labels (B,) long and captions
+    for sample indices."""
     params = sample_params(indices, seed, class_ids)
-    return render(params, num_frames, height, width), params["class_id"].clone(), captions(params)
+    video = render(params, num_frames, height, width, device=device)
+    return video, params["class_id"].clone(), captions(params)
 
 
 class ShapesDataset(torch.utils.data.Dataset):
-    """`num_samples` clips of the procedural `shapes` data at a fixed size; index i is scene i."""
+    """`num_samples` clips of the procedural `shapes` data at a fixed size; index i is scene i.
+
+    `device`: where videos are drawn (the training device under `data.render=device`; a GPU
+    draws a batch in milliseconds, CPU loader workers in about 20 ms a clip each)."""
 
     num_classes = NUM_CLASSES
 
@@ -519,6 +530,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.num_samples = num_samples
         self.num_frames, self.height, self.width = num_frames, height, width
         self.seed = seed
+        self.device = torch.device("cpu")
 
     def __len__(self) -> int:
         return self.num_samples
@@ -542,5 +554,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     def get_batch(self, indices: torch.Tensor | Sequence[int]) -> dict:
         """Vectorised batch: video (B, 3, F, H, W), label (B,), caption list, index (B,)."""
         idx = self._check(torch.as_tensor(indices, dtype=torch.int64).reshape(-1))
-        video, labels, caps = render_shapes(idx, self.num_frames, self.height, self.width, self.seed)
+        video, labels, caps = render_shapes(
+            idx, self.num_frames, self.height, self.width, self.seed, device=self.device
+        )
         return {"video": video, "label": labels, "caption": caps, "index": idx}
