@@ -16,8 +16,9 @@
 # "level-0 probes"), and keep `hpdm demo` under a minute on 2 cores where model.cube=[2,2,2] at
 # every level would not; INIT=DIR starts from another checkpoint). With the default INIT,
 # model.cube0=[2,2,2] keeps everything but level 0's new tokenizer and detokenizer.
-# The shipped model's level 0 is at what its size and recipe give on a 2-core CPU
-# (docs/decisions.md, "level 0 limits the demo"). Evaluate what comes back on any machine:
+# Stages 9-10 of the shipped model are two such runs at batch 128 on an H200 (5.8 steps/s alone,
+# the clips drawn on the GPU by data.render=auto); they lowered its FVD but not how often level 0
+# draws outlines (docs/decisions.md, "level-0 outlines"). Evaluate what comes back on any machine:
 #   hpdm eval report --ckpt $OUT/demo --num 32
 # Without a GPU it runs on the CPU (slowly): the same commands, for a dry run at tiny sizes, e.g.
 #   OUT=/tmp/gpu_dry bash scripts/gpu_demo.sh 20 2
