@@ -112,6 +112,33 @@ def test_loss_is_edm_weighted():
     torch.testing.assert_close(loss, per.mean(0).sum())  # summed over levels, mean over videos
 
 
+def test_per_video_draws_are_the_videos_own_and_lognormal():
+    """A list of generators (the trainer's, one per video): each video draws what it draws alone,
+    whatever batch it is in, and the vectorised draw keeps σ ~ LogNormal(P_mean, P_std) per level,
+    the drop rate and both clean-context targets."""
+    cfg = DiffusionConfig(P_mean=[-1.2, -0.4, 0.4], P_std=[1.2, 1.0, 0.8], cond_drop=0.25, clean_context=0.5)
+    diff, L = Diffusion(cfg, TINY), TINY.num_levels
+    shape = (L, 3, *TINY.patch)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = diff.draw(5, shape, gens(range(5)), "cpu", self_cond=0.5)
+    alone = diff.draw(1, shape, gens([3]), "cpu", self_cond=0.5)
+    for a, b in zip(batch, alone):
+        assert torch.equal(a[3:4], b)
+    assert not torch.equal(batch[1][0], batch[1][1])  # videos differ
+    n = 6000
+    sigma, noise, drop, keep = diff.draw(n, (1, 3, 1, 2, 2), gens(range(n)), "cpu")
+    assert noise.std().item() == pytest.approx(1.0, abs=0.02)
+    assert drop.float().mean().item() == pytest.approx(0.25, abs=0.02)
+    assert torch.all(sigma > 0) and not keep[:, 0].all()
+    ln = sigma[:, -1].log()  # the finest level is never given a clean context
+    assert ln.mean().item() == pytest.approx(0.4, abs=0.04) and ln.std().item() == pytest.approx(
+        0.8, abs=0.04
+    )
+    given = sigma == cfg.clean_context_sigma  # levels 0..target-1 of about half the videos
+    assert given[:, 0].float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert given[:, 1].float().mean().item() == pytest.approx(0.25, abs=0.03)  # target 2 half the time
+
+
 def test_per_level_sigmas_are_independent():
     cfg = DiffusionConfig(P_mean=[-1.2, -0.4, 0.4], P_std=[1.2, 1.0, 0.8])
     diff = Diffusion(cfg, TINY)

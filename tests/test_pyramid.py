@@ -85,6 +85,20 @@ def test_boxes_nested_inside_and_on_grid(patch, target, L):
                     assert torch.all(off[:, 1, a] == 0) and torch.all(size[:, 1, a] == 1)
 
 
+def test_boxes_from_per_video_generators_are_each_videos_own():
+    """The trainer's one generator per video: the vectorised draw gives every video the boxes a
+    batch-of-one call with its generator gives, and a wrong generator count is refused."""
+    geo = PyramidGeometry((4, 16, 16), (8, 64, 64), 3)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(6)]  # noqa: E731
+    one = [sample_boxes(geo, 1, g) for g in gens()]
+    many = sample_boxes(geo, 6, gens())
+    for k in ("offset", "size", "pixel"):
+        assert torch.equal(torch.cat([getattr(b, k) for b in one]), getattr(many, k))
+    assert len({tuple(p.flatten().tolist()) for p in many.pixel}) > 1
+    with pytest.raises(ValueError, match="generators"):
+        sample_boxes(geo, 5, gens())
+
+
 def test_time_axis_stays_whole_when_not_pyramided():
     geo = PyramidGeometry((4, 8, 8), (4, 32, 32), 3)
     boxes = sample_boxes(geo, 500, torch.Generator().manual_seed(0))

@@ -74,27 +74,46 @@ class Diffusion:
         `self_cond`, the self-conditioning mask.
 
         A list of generators draws each video from its own, so a video's draws do not depend on
-        the batch it is in (the trainer keys them by the video's position in the sample stream).
+        the batch it is in (the trainer keys them by the video's position in the sample stream):
+        two calls per video (its noise, then 2L + 3 uniforms for everything else, the same count
+        whatever is turned on), the rest vectorised over the batch.
         """
-        if isinstance(generator, list | tuple):
-            parts = [self.draw(1, shape, g, device, self_cond) for g in generator]
-            return tuple(torch.cat(p) for p in zip(*parts))
-        sigma = self.sample_sigma(batch, generator, device)
-        gdev = _gen_device(generator, device)
-        noise = torch.randn((batch, *shape), generator=generator, device=gdev).to(device)
-        drop = torch.rand(batch, generator=generator, device=gdev).to(device) < self.cfg.cond_drop
-        sc = None
-        if self_cond > 0:
-            sc = (
-                torch.rand(batch, self.geo.num_levels, generator=generator, device=gdev).to(device)
-                < self_cond
-            )
-        keep = torch.ones_like(sigma, dtype=torch.bool)
         L = self.geo.num_levels
+        if isinstance(generator, list | tuple):
+            gdev = generator[0].device if generator else torch.device(device or "cpu")
+            noise = torch.empty((len(generator), *shape), device=gdev)
+            u = torch.empty(len(generator), 2 * L + 3, device=gdev)
+            for i, g in enumerate(generator):
+                noise[i].normal_(generator=g)
+                u[i].uniform_(generator=g)
+            u = u.to(device).double().clamp(1e-12, 1 - 1e-12)
+            n_sigma = (math.sqrt(2) * torch.erfinv(2 * u[:, :L] - 1)).float()  # inverse normal CDF
+            u_drop, u_sc, u_chosen, u_target = u[:, L], u[:, L + 1 : 2 * L + 1], u[:, -2], u[:, -1]
+            target = 1 + (u_target * (L - 1)).long().clamp_max(max(L - 2, 0))
+            return self._finish(n_sigma, noise.to(device), u_drop, u_sc, u_chosen, target, shape, self_cond)
+        gdev = _gen_device(generator, device)
+        n_sigma = torch.randn(batch, L, generator=generator, device=gdev).to(device)
+        noise = torch.randn((batch, *shape), generator=generator, device=gdev).to(device)
+        u_drop = torch.rand(batch, generator=generator, device=gdev).to(device)
+        u_sc = torch.rand(batch, L, generator=generator, device=gdev).to(device) if self_cond > 0 else None
+        u_chosen = target = None
         if self.cfg.clean_context > 0 and L > 1:
-            chosen = torch.rand(batch, generator=generator, device=gdev) < self.cfg.clean_context
-            target = torch.randint(1, L, (batch,), generator=generator, device=gdev)
-            given = (chosen[:, None] & (torch.arange(L, device=gdev)[None] < target[:, None])).to(device)
+            u_chosen = torch.rand(batch, generator=generator, device=gdev).to(device)
+            target = torch.randint(1, L, (batch,), generator=generator, device=gdev).to(device)
+        return self._finish(n_sigma, noise, u_drop, u_sc, u_chosen, target, shape, self_cond)
+
+    def _finish(self, n_sigma, noise, u_drop, u_sc, u_chosen, target, shape, self_cond: float):
+        """`draw`'s results from its raw draws (standard normals for σ, uniforms for the masks)."""
+        L = self.geo.num_levels
+        dev = noise.device
+        sigma = (self.P_mean.to(dev) + self.P_std.to(dev) * n_sigma).exp()
+        drop = u_drop < self.cfg.cond_drop
+        sc = u_sc < self_cond if self_cond > 0 else None
+        keep = torch.ones_like(sigma, dtype=torch.bool)
+        if self.cfg.clean_context > 0 and L > 1:
+            given = (u_chosen < self.cfg.clean_context)[:, None] & (
+                torch.arange(L, device=dev)[None] < target[:, None]
+            )
             sigma = torch.where(given, torch.full_like(sigma, self.cfg.clean_context_sigma), sigma)
             keep = ~given
         keep = keep[:, : shape[0]]

@@ -147,20 +147,35 @@ class Boxes:
         return Boxes(self.offset.to(device), self.size.to(device), self.pixel.to(device))
 
 
-def sample_boxes(geo: PyramidGeometry, batch: int, generator: torch.Generator | None = None) -> Boxes:
+def sample_boxes(
+    geo: PyramidGeometry, batch: int, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> Boxes:
     """One nested patch per level per video: level ℓ lies inside level ℓ-1, on level ℓ's pixel grid.
 
     Level 0 is the whole (downsampled) video. The level-ℓ offset is uniform over the integer
-    positions of level ℓ's grid that keep the box inside the parent box (paper §4.2).
+    positions of level ℓ's grid that keep the box inside the parent box (paper §4.2). A list of
+    (CPU) generators, one per video, draws each video's boxes from its own: video i then gets
+    what `sample_boxes(geo, 1, generator[i])` gives it, in one vectorised pass.
     """
+    L = geo.num_levels
+    if isinstance(generator, list | tuple):
+        if len(generator) != batch:
+            raise ValueError(f"sample_boxes: {len(generator)} generators for a batch of {batch}")
+        u_all = (
+            torch.stack([torch.rand(L - 1, 3, generator=g) for g in generator], 1)
+            if batch
+            else torch.empty(L - 1, 0, 3)
+        )
+    else:  # level by level over the batch (the order this function has always drawn in)
+        u_all = torch.rand(L - 1, batch, 3, generator=generator)
     sizes = torch.tensor(geo.level_sizes)  # (L, 3)
     r = torch.tensor(geo.patch)
-    pix = torch.zeros(batch, geo.num_levels, 3, dtype=torch.long)
-    for lvl in range(1, geo.num_levels):  # a loop over levels (≤ 5), vectorised over the batch
+    pix = torch.zeros(batch, L, 3, dtype=torch.long)
+    for lvl in range(1, L):  # a loop over levels (≤ 5), vectorised over the batch
         ratio = sizes[lvl] // sizes[lvl - 1]  # 1 or 2 per axis
         lo = pix[:, lvl - 1] * ratio  # parent box start on level ℓ's grid
         span = r * ratio - r + 1  # number of positions inside the parent
-        u = torch.rand(batch, 3, generator=generator)
+        u = u_all[lvl - 1]
         pix[:, lvl] = lo + (u * span).long().clamp_max(span - 1)
     offset = pix.double() / sizes.double()
     size = (r.double() / sizes.double()).expand(batch, -1, -1)

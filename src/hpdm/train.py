@@ -27,7 +27,7 @@ from hpdm.data import batch_stream, build_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
 from hpdm.optim import build_optimizer, lr_lambda
-from hpdm.pyramid import Boxes, PyramidGeometry, extract_patches, sample_boxes
+from hpdm.pyramid import PyramidGeometry, extract_patches, sample_boxes
 
 CKPT_PREFIX = "step_"
 TMP_PREFIX = ".tmp_"
@@ -296,9 +296,7 @@ class Trainer:
     def _micro_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         video = batch["video"].to(self.device, non_blocking=True)
         box_gens, loss_gens = self._generators(batch["position"])
-        per_video = [sample_boxes(self.geo, 1, generator=g) for g in box_gens]
-        boxes = Boxes(*(torch.cat([getattr(b, k) for b in per_video]) for k in ("offset", "size", "pixel")))
-        boxes = boxes.to(self.device)
+        boxes = sample_boxes(self.geo, len(box_gens), generator=box_gens).to(self.device)
         x = extract_patches(video, self.geo, boxes)
         labels = batch["label"].to(self.device) if self.cfg.model.num_classes > 0 else None
         if labels is not None and ((labels < 0) | (labels >= self.cfg.model.num_classes)).any():
