@@ -41,6 +41,8 @@ args=(demo "train.batch_size=$batch" train.lr=1.0e-3 train.warmup=200 train.seed
   "diffusion.P_mean=[0.3,-1.2,-1.2]" "diffusion.P_std=[1.0,1.2,1.2]" "diffusion.level_weight=[2,1,1]" "$@")
 "$py" -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', torch.__version__)" |
   tee "$out/device.txt"
+# the per-video draws, vectorised vs one video at a time, on this device (seconds; benchmarks/)
+"$py" benchmarks/bench_draws.py --batch "$batch" --repeats 3 >"$out/bench_draws.txt" 2>&1 || true
 
 # 1. the rate: 60 steps, logged every 20 (the first window holds the start-up and is not used)
 "$py" -m hpdm.cli train "${args[@]}" train.steps=60 train.log_every=20 "${init_args[@]}" \
