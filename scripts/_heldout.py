@@ -16,6 +16,8 @@ def level0_clips(ckpt: str, num: int, first: int = 50_000):
     model.eval()
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
     diff = Diffusion(cfg.diffusion, geo)
-    video, labels, _ = render_shapes(torch.arange(first, first + num), *geo.target)
+    video, labels, _ = render_shapes(
+        torch.arange(first, first + num), *geo.target, size_range=cfg.data.shape_size
+    )
     factor = [t // p for t, p in zip(geo.target, geo.patch)]
     return model, cfg, diff, F.avg_pool3d(video, factor), labels

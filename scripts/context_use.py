@@ -28,7 +28,9 @@ def context_errors(ckpt: str, sigmas=(0.3, 1.0, 3.0, 10.0), num: int = 64) -> di
     if geo.num_levels < 2:
         raise SystemExit(f"{ckpt}: a one-level model has no context")
     diff = Diffusion(cfg.diffusion, geo)
-    video, labels, _ = render_shapes(torch.arange(60_000, 60_000 + num), *geo.target)
+    video, labels, _ = render_shapes(
+        torch.arange(60_000, 60_000 + num), *geo.target, size_range=cfg.data.shape_size
+    )
     boxes = sample_boxes(geo, num, torch.Generator().manual_seed(1))
     off, size = boxes.offset[:, :2], boxes.size[:, :2]
     x = extract_patches(video, geo, boxes)[:, :2]  # levels 0 and 1 of each clip, [-1, 1]

@@ -44,14 +44,14 @@ def level0_errors(ckpt: str, sigmas=(0.1, 0.3, 1.0, 3.0), num: int = 128) -> dic
     return result
 
 
-def level0_samples(ckpt: str, num: int) -> dict[str, float]:
+def level0_samples(ckpt: str, num: int, overrides=()) -> dict[str, float]:
     """Class accuracy, shape accuracy and persistence of `num` level-0 samples."""
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.objects import object_areas, persistence
     from hpdm.sampling import Cascade
     from hpdm.train import load_model
 
-    model, cfg = load_model(ckpt)
+    model, cfg = load_model(ckpt, overrides=list(overrides))
     labels = torch.arange(num) % cfg.model.num_classes
     guidance = cfg.sample.cfg[0] if isinstance(cfg.sample.cfg, list) else cfg.sample.cfg
     cascade = Cascade(model, cfg)
@@ -118,6 +118,13 @@ if __name__ == "__main__":
         default="",
         help="comma-separated σ: shape accuracy of real clips noised to σ and sampled back",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="sample.KEY=VALUE",
+        help="sampling setting for --samples, e.g. --set sample.guide=null (repeatable)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for ck in a.ckpt:
@@ -125,7 +132,7 @@ if __name__ == "__main__":
         cols = "  ".join(f"σ={s}: {v:.5f}" for s, v in err.items())
         line = f"{ck}  {cols}  sum {sum(err.values()):.5f}"
         if a.samples:
-            m = level0_samples(ck, a.samples)
+            m = level0_samples(ck, a.samples, a.set)
             line += "  |  samples: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in m.items())
         if a.retention:
             r = shape_retention(ck, [float(v) for v in a.retention.split(",")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -192,6 +193,8 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
                 "4",
                 "--cfg",
                 "2,1,1",
+                "--shape-classifier",
+                str(files("hpdm") / "assets" / "shape_classifier" / "model.safetensors"),
                 "--out",
                 str(out),
             ]
@@ -277,3 +280,27 @@ def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--ckpt", str(run), "--cfg", "2,x"])
     assert "comma-separated list (one per level)" in capsys.readouterr().err
+
+
+def test_export_release_checkpoint_fp32_and_half(tiny_run, tmp_path, capsys):
+    """`hpdm export` writes the EMA weights alone; `--half` stores them as fp16 (half the file),
+    which `load_model` casts back to the fp32 model, equal up to fp16 rounding."""
+    from hpdm.train import load_model
+
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert main(["export", "--ckpt", str(tiny_run), "--out", str(full)]) == 0
+    assert (
+        main(["export", "--ckpt", str(tiny_run), "--out", str(half), "--half", "sample.guide_scale=3"]) == 0
+    )
+    assert "EMA (fp16) weights" in capsys.readouterr().out
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert json.loads((half / "state.json").read_text())["weights"] == "ema-fp16"
+    m_full, c_full = load_model(full)
+    m_half, c_half = load_model(half)
+    assert c_full.sample.guide_scale == 2.0 and c_half.sample.guide_scale == 3.0  # sample.* settings
+    assert main(["export", "--ckpt", str(tiny_run), "--out", str(tmp_path / "x"), "model.dim=8"]) != 0
+    assert "takes only sample.* and data.* settings" in capsys.readouterr().err
+    for (name, a), b in zip(m_full.state_dict().items(), m_half.state_dict().values()):
+        assert b.dtype == a.dtype, name
+        torch.testing.assert_close(b, a.half().to(a.dtype), atol=0, rtol=0)

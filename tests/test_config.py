@@ -67,6 +67,8 @@ def test_overrides_parse_types():
         ("pyramid.patch=[2,8]", ["pyramid.patch", "3 values"]),
         ("model.fusion=wide", ["model.fusion", "deep"]),
         ("data.render=gpu", ["data.render", "device"]),
+        ("data.shape_size=[0.3,0.2]", ["data.shape_size", "lo <= hi"]),
+        ("data.shape_size=[0.2,0.6]", ["data.shape_size", "< 0.5"]),
         ("train.lr", ["key=value"]),
     ],
 )

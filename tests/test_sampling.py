@@ -271,3 +271,117 @@ def test_guidance_interval(tiny):
     for bad in ("[5.0, 0.5]", "[0.5]", "[-1.0, 2.0]"):
         with pytest.raises(ConfigError, match="cfg_interval"):
             load_config("tiny", [f"sample.cfg_interval={bad}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoguidance (sample.guide): level 0 denoises with D + (w - 1)(D_cond - D_guide).
+
+
+def _one_step(cfg_overrides=()):
+    """A config whose level 0 is one deterministic Euler step from σ = 2: the level-0 output is
+    then the denoiser's output itself, so guidance terms add up linearly and can be checked."""
+    return load_config(
+        "tiny",
+        [
+            "sample.steps=1",
+            "sample.min_steps=1",
+            "sample.sampler0=euler",
+            "sample.sigma_max=2.0",
+            "sample.S_churn=0",
+            *cfg_overrides,
+        ],
+    )
+
+
+def test_autoguidance_adds_the_guide_difference_at_level_0(tiny):
+    _, model = tiny
+    guide_cfg = load_config(
+        "tiny", ["pyramid.num_levels=1", "pyramid.target=[2,8,8]", "model.levels_per_block=null"]
+    )
+    guide = perturbed_model(guide_cfg, seed=7)
+
+    def run(w, cfg_scale=1.0, g=guide):
+        c = _one_step([f"sample.guide_scale={w}"])
+        return Cascade(model, c, guide=g).generate(
+            num=2, seed=1, progress=False, guidance=[cfg_scale, 1.0, 1.0]
+        )
+
+    plain = Cascade(model, _one_step()).generate(num=2, seed=1, progress=False, guidance=[1.0, 1.0, 1.0])
+    one, two, three = (run(w).levels[0] for w in (1.0, 2.0, 3.0))
+    one_c, two_c = run(1.0, cfg_scale=2.0).levels[0], run(2.0, cfg_scale=2.0).levels[0]
+    # outputs are clamped to [-1, 1]; where none is, the level-0 output is D itself
+    free = torch.stack([v.abs() < 0.999 for v in (one, two, three, one_c, two_c)]).all(0)
+    assert free.float().mean() > 0.5
+    assert torch.equal(one, plain.levels[0])  # scale 1: the guide has no effect
+    assert (two - one)[free].abs().max() > 1e-3
+    # linear in the scale: each unit adds the same (D_cond - D_guide)
+    torch.testing.assert_close((three - two)[free], (two - one)[free], atol=1e-5, rtol=0)
+    # on top of classifier-free guidance: the autoguidance term does not depend on the cfg scale
+    torch.testing.assert_close((two_c - one_c)[free], (two - one)[free], atol=1e-5, rtol=0)
+    # `sample.guide_interval`: only at σ in [lo, hi] (the one step here is at σ = 2)
+    c_out = _one_step(["sample.guide_scale=2", "sample.guide_interval=[0.0, 1.0]"])
+    c_in = _one_step(["sample.guide_scale=2", "sample.guide_interval=[1.0, 3.0]"])
+    outside = Cascade(model, c_out, guide=guide).generate(
+        num=2, seed=1, progress=False, guidance=[1.0, 1.0, 1.0]
+    )
+    inside = Cascade(model, c_in, guide=guide).generate(
+        num=2, seed=1, progress=False, guidance=[1.0, 1.0, 1.0]
+    )
+    assert torch.equal(outside.levels[0], one) and torch.equal(inside.levels[0], two)
+    with pytest.raises(ConfigError, match="guide_interval"):
+        load_config("tiny", ["sample.guide_interval=[3.0, 1.0]"])
+    # the model as its own guide: D_cond - D_guide = 0 at every step, whatever the scale
+    self_guided = Cascade(model, _one_step(["sample.guide_scale=3"]), guide=model).generate(
+        num=2, seed=1, progress=False, guidance=[2.0, 1.0, 1.0]
+    )
+    cfg_only = Cascade(model, _one_step()).generate(num=2, seed=1, progress=False, guidance=[2.0, 1.0, 1.0])
+    torch.testing.assert_close(self_guided.video, cfg_only.video, atol=1e-5, rtol=1e-4)
+
+
+def test_autoguidance_checkpoint_and_errors(tiny, tmp_path):
+    """`sample.guide` names a checkpoint (relative paths next to the model's first); a missing or
+    incompatible guide and a negative scale are clear errors."""
+    from safetensors.torch import save_file
+
+    from hpdm.config import save_config
+    from hpdm.train import load_model
+
+    cfg, model = tiny
+
+    def write(folder, c, m):
+        folder.mkdir(parents=True)
+        save_config(c, folder / "config.yaml")
+        save_file(m.state_dict(), str(folder / "model.safetensors"))
+        (folder / "state.json").write_text("{}")
+
+    guide_cfg = load_config(
+        "tiny", ["pyramid.num_levels=1", "pyramid.target=[2,8,8]", "model.levels_per_block=null"]
+    )
+    write(tmp_path / "main", load_config("tiny", ["sample.guide=guide"]), model)
+    write(tmp_path / "main" / "guide", guide_cfg, perturbed_model(guide_cfg, seed=7))
+    m, c = load_model(tmp_path / "main")
+    assert c.sample.guide == str((tmp_path / "main" / "guide").resolve())
+    cas = Cascade(m, c)
+    assert cas.guide is not None and cas.guide.num_levels == 1
+    out = cas.generate(num=1, seed=0, progress=False)
+    assert out.settings["sample"]["guide"] == c.sample.guide and out.settings["sample"]["guide_scale"] == 2.0
+    _, unguided = load_model(tmp_path / "main", overrides=["sample.guide=null"])
+    assert unguided.sample.guide is None
+
+    with pytest.raises(ConfigError, match="no checkpoint there"):
+        load_model(tmp_path / "main", overrides=[f"sample.guide={tmp_path / 'nope'}"])
+    wrong = load_config(
+        "tiny",
+        [
+            "pyramid.patch=[2,16,16]",
+            "pyramid.target=[2,16,16]",
+            "pyramid.num_levels=1",
+            "model.levels_per_block=null",
+        ],
+    )
+    write(tmp_path / "wrong", wrong, HPDM(wrong))
+    _, c_wrong = load_model(tmp_path / "main", overrides=[f"sample.guide={tmp_path / 'wrong'}"])
+    with pytest.raises(ConfigError, match=r"cannot guide this model: its patch \[2, 16, 16\]"):
+        Cascade(m, c_wrong)
+    with pytest.raises(ConfigError, match="guide_scale"):
+        load_config("tiny", ["sample.guide_scale=-1"])

@@ -148,3 +148,29 @@ def test_render_shapes_and_dataset():
         ds[10]
     with pytest.raises(IndexError):
         ds.get_batch([0, 11])
+
+
+def test_size_range():
+    """`size_range` bounds the object's radius; every other parameter of an index stays as drawn."""
+    base = sample_params(range(200), seed=3)
+    big = sample_params(range(200), seed=3, size_range=(0.25, 0.3))
+    assert base["size"].min() >= 0.14 and base["size"].max() <= 0.21
+    assert big["size"].min() >= 0.25 and big["size"].max() <= 0.3
+    u_base, u_big = (base["size"] - 0.14) / 0.07, (big["size"] - 0.25) / 0.05
+    torch.testing.assert_close(u_base, u_big)  # the same draw, rescaled
+    for k in ("class_id", "velocity", "angle0", "tex_freq", "bg_type"):
+        assert torch.equal(base[k], big[k]), k
+    # the centre stays inside the frame: the object never leaves it
+    span = 1 - 2 * big["size"]
+    assert (big["pos0"] >= 0).all() and (big["pos0"] <= span[:, None] + 1e-6).all()
+    with pytest.raises(ValueError, match="size_range"):
+        sample_params(range(2), size_range=(0.3, 0.2))
+    # larger objects cover more of the frame, and the dataset passes the range through
+    ds = ShapesDataset(4, 2, 32, 32, seed=1, size_range=(0.25, 0.3))
+    video, _, _ = render_shapes(range(4), 2, 32, 32, seed=1, size_range=(0.25, 0.3))
+    torch.testing.assert_close(ds.get_batch(range(4))["video"], video)
+    from hpdm.config import load_config
+    from hpdm.data import build_dataset
+
+    built = build_dataset(load_config("tiny", ["data.shape_size=[0.25,0.3]"]))
+    assert built.size_range == (0.25, 0.3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hpdm.cli import main
-from hpdm.data.shapes import CLASS_COLOURS, NUM_CLASSES
+from hpdm.data.shapes import CLASS_COLOURS, NUM_CLASSES, sample_params
 from hpdm.metrics.classifier import _clips, class_accuracy, load_classifier
 from hpdm.metrics.objects import object_areas, persistence
 
@@ -53,6 +53,19 @@ def test_train_classifier_cli(tmp_path, capsys):
     assert load_classifier(tmp_path / "model.safetensors", kind="shape").head.out_features == NUM_CLASSES
     with pytest.raises(ValueError, match="not one of class, shape"):
         load_classifier(kind="colour")
+
+
+def test_train_classifier_shape_size(tmp_path):
+    """`--shape-size` trains (and scores) on objects of that radius range, for models trained with
+    another `data.shape_size`; the range is recorded with the weights."""
+    args = ["eval", "train-classifier", "--kind", "shape", "--steps", "2", "--out", str(tmp_path)]
+    assert main([*args, "--shape-size", "0.25", "0.3"]) == 0
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["shape_size"] == [0.25, 0.3] and "--shape-size 0.25 0.3" in info["command"]
+    small, _ = _clips(range(64), (2, 32, 32), 0, "class")
+    large, _ = _clips(range(64), (2, 32, 32), 0, "class", (0.25, 0.3))
+    labels = sample_params(range(64), 0)["class_id"]
+    assert object_areas(large, labels).mean() > 1.5 * object_areas(small, labels).mean()
 
 
 def test_object_persistence(held_out):

@@ -181,8 +181,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from hpdm.demo import export_checkpoint
 
-    out = export_checkpoint(a.ckpt, a.out, ema=not a.no_ema)
-    print(f"exported {'raw' if a.no_ema else 'EMA'} weights, config and state to {out}")
+    out = export_checkpoint(a.ckpt, a.out, ema=not a.no_ema, half=a.half, overrides=a.overrides)
+    kind = ("raw" if a.no_ema else "EMA") + (" (fp16)" if a.half else "")
+    print(f"exported {kind} weights, config and state to {out}")
     return 0
 
 
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint dir or run dir (newest checkpoint)")
     p.add_argument("--out", required=True)
     p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--half", action="store_true", help="store the weights as fp16 (half the file)")
+    p.add_argument("overrides", nargs="*", help="sample.*/data.* settings for the released config")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("data", help="dataset tools")

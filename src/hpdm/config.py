@@ -40,6 +40,8 @@ class DataConfig:
     # `shapes` only: where training clips are drawn. cpu: in the loader workers; device: on the
     # training device, in the main process (a GPU outruns CPU workers); auto: device on CUDA
     render: str = "auto"
+    # `shapes` only: range of the object's bounding radius, as a fraction of the frame side
+    shape_size: tuple[float, float] = (0.14, 0.21)
 
 
 @dataclass
@@ -141,6 +143,12 @@ class SampleConfig:
     # guide only at noise levels σ in [lo, hi] (each level's own σ); null = every step. Outside it
     # the conditional denoiser alone runs (half the evaluations). Kynkäänniemi et al. 2024
     cfg_interval: list[float] | None = None
+    # autoguidance at level 0 (Karras et al. 2024): a checkpoint of a weaker model of the same task
+    # (less trained and/or smaller); level 0 then denoises with D + (guide_scale - 1)(D - D_guide),
+    # on top of classifier-free guidance. A relative path is looked up next to the checkpoint first
+    guide: str | None = None
+    guide_scale: float = 2.0
+    guide_interval: list[float] | None = None  # autoguide only at σ in [lo, hi]; null = every step
     overlap: str = "spatial"  # none | spatial | full
     tile_batch: int = 16
     context_sigma: float = (
@@ -411,21 +419,33 @@ def validate(cfg: Config) -> None:
             f"diffusion.clean_context={d.clean_context} must be a probability in [0, 1] and "
             f"diffusion.clean_context_sigma={d.clean_context_sigma} a positive noise level (e.g. 0.05)"
         )
-    iv = s.cfg_interval
-    if iv is not None and (
-        not isinstance(iv, list | tuple)
-        or len(iv) != 2
-        or not all(math.isfinite(v) and v >= 0 for v in iv)
-        or iv[0] > iv[1]
-    ):
+    for key in ("cfg_interval", "guide_interval"):
+        iv = getattr(s, key)
+        if iv is not None and (
+            not isinstance(iv, list | tuple)
+            or len(iv) != 2
+            or not all(math.isfinite(v) and v >= 0 for v in iv)
+            or iv[0] > iv[1]
+        ):
+            raise ConfigError(
+                f"sample.{key}={iv}: give [lo, hi] with 0 <= lo <= hi (noise levels σ where guidance "
+                "applies, e.g. [0.3, 5.0]), or null to guide every step"
+            )
+    if not math.isfinite(s.guide_scale) or s.guide_scale < 0:
         raise ConfigError(
-            f"sample.cfg_interval={iv}: give [lo, hi] with 0 <= lo <= hi (noise levels σ where guidance "
-            "applies, e.g. [0.3, 5.0]), or null to guide every step"
+            f"sample.guide_scale={s.guide_scale}: give a number >= 0 (1 = the guide has no effect; ~2 "
+            "is typical)"
         )
     if s.steps <= 0 or not 0 < s.sigma_min < s.sigma_max:
         raise ConfigError("sample: steps must be positive and 0 < sigma_min < sigma_max")
     _choice(cfg.data.short_video, ("loop", "pad", "skip"), "data.short_video")
     _choice(cfg.data.render, ("auto", "cpu", "device"), "data.render")
+    sz = cfg.data.shape_size
+    if len(sz) != 2 or not (0 < sz[0] <= sz[1] < 0.5):
+        raise ConfigError(
+            f"data.shape_size={list(sz)}: give [lo, hi] with 0 < lo <= hi < 0.5 (the object's bounding "
+            "radius as a fraction of the frame side, e.g. [0.14, 0.21])"
+        )
     _choice(cfg.data.dataset, ("shapes", "folder", "ucf101", "captions", "cache"), "data.dataset")
     if cfg.data.dataset != "shapes" and not cfg.data.path:
         raise ConfigError(f"data.path is required for data.dataset={cfg.data.dataset}")

@@ -23,19 +23,43 @@ def demo_checkpoint() -> Path:
     return Path(str(resources.files("hpdm") / "assets" / "demo"))
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, ema: bool = True) -> Path:
-    """Write a release checkpoint: the (EMA) weights as `model.safetensors`, config and state."""
+def export_checkpoint(
+    ckpt: str | Path,
+    out: str | Path,
+    ema: bool = True,
+    half: bool = False,
+    overrides: list[str] | None = None,
+) -> Path:
+    """Write a release checkpoint: the (EMA) weights as `model.safetensors`, config and state.
+
+    `half`: store floating-point weights as fp16 (half the file; loading casts them back to the
+    model's fp32), e.g. for an autoguidance guide shipped beside a model. `overrides`: `sample.*`
+    and `data.*` settings written into the released config (e.g. `sample.guide=guide`)."""
+    from hpdm.config import ConfigError
     from hpdm.train import resolve_checkpoint
+
+    bad = [o for o in overrides or [] if not o.strip().startswith(("sample.", "data."))]
+    if bad:
+        raise ConfigError(
+            f"{' '.join(bad)}: an export takes only sample.* and data.* settings (e.g. sample.guide=guide); "
+            "the others would no longer describe the weights"
+        )
 
     ck = resolve_checkpoint(ckpt)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
-    save_file(load_file(str(ck / name)), str(out / "model.safetensors"), metadata={"weights": name})
-    shutil.copy(ck / "config.yaml", out / "config.yaml")
+    state_dict = load_file(str(ck / name))
+    if half:
+        state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    save_file(state_dict, str(out / "model.safetensors"), metadata={"weights": name})
+    if overrides:
+        save_config(load_config(ck / "config.yaml", overrides), out / "config.yaml")
+    else:
+        shutil.copy(ck / "config.yaml", out / "config.yaml")
     state = json.loads((ck / "state.json").read_text())
     state["exported_from"] = str(ck)
-    state["weights"] = "ema" if name.startswith("ema") else "raw"
+    state["weights"] = ("ema" if name.startswith("ema") else "raw") + ("-fp16" if half else "")
     (out / "state.json").write_text(json.dumps(state, indent=2))
     return out
 
@@ -61,11 +85,20 @@ def run_demo(
     t0 = time.perf_counter()
     if train:
         ov = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
-        cfg = load_config("demo", ov)
+        # first the autoguidance guide (a small, short level-0 run: minutes), then the model
+        guide_ov = [o for o in ov if o.startswith(("data.", "train.")) and not o.startswith("train.out_dir")]
+        guide = Trainer(
+            load_config("demo-guide", guide_ov), out_dir=out / "guide", resume="auto", progress=not quiet
+        )
+        guide.train()
+        cfg = load_config("demo", [*ov, f"sample.guide={(out / 'guide').resolve()}"])
         trainer = Trainer(cfg, out_dir=out / "train", resume="auto", progress=not quiet)
         trainer.train()
         ckpt = out / "train"
-        print(f"trained the demo model in {time.perf_counter() - t0:.0f} s: {ckpt / 'checkpoints'}")
+        print(
+            f"trained the demo model and its guide in {time.perf_counter() - t0:.0f} s: {ckpt / 'checkpoints'}, "
+            f"{out / 'guide' / 'checkpoints'}"
+        )
     else:
         ckpt = demo_checkpoint()
         if not (ckpt / "model.safetensors").exists():

@@ -134,11 +134,21 @@ class Generation:
 class Cascade:
     """Coarse-to-fine tiled generation with a trained HPDM."""
 
-    def __init__(self, model: HPDM, cfg: Config, device=None):
+    def __init__(self, model: HPDM, cfg: Config, device=None, guide: HPDM | None = None):
+        """`guide`: the weaker model for autoguidance at level 0; by default the checkpoint that
+        `cfg.sample.guide` names (none when null)."""
         self.model = model.eval()
         self.cfg = cfg
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.patch = tuple(cfg.pyramid.patch)
+        if guide is None and cfg.sample.guide:
+            from hpdm.train import load_model
+
+            guide, guide_cfg = load_model(
+                cfg.sample.guide, device=self.device, overrides=["sample.guide=null"]
+            )
+            check_guide(cfg, guide_cfg)
+        self.guide = guide.eval() if guide is not None else None
 
     def plan(self, geo: PyramidGeometry, overlap: str, steps: int | None) -> list[LevelPlan]:
         s = self.cfg.sample
@@ -271,6 +281,8 @@ class Cascade:
         tile_labels = labels[index.to(labels.device)] if labels is not None else None
         tile_text = text[index.to(text.device)] if text is not None else None
         use_cfg = guidance != 1.0 and (labels is not None or text is not None)
+        # autoguidance: level 0 only (the guide sees no context)
+        auto = s.guide_scale if lvl == 0 and self.guide is not None and s.guide_scale != 1.0 else None
 
         chunk = max(1, s.tile_batch)
         starts = list(range(0, B * T, chunk))
@@ -292,30 +304,42 @@ class Cascade:
         # denoiser call initialise its next call's
         latents: list[torch.Tensor | None] = [None] * len(starts)
 
-        interval = s.cfg_interval
+        interval, a_iv = s.cfg_interval, s.guide_interval
 
         def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
-            guide = use_cfg and (interval is None or interval[0] <= sigma <= interval[1])
+            guided = use_cfg and (interval is None or interval[0] <= sigma <= interval[1])
             y_tiles = crop(y, tiles, self.patch, index.to(dev))
             out = torch.empty_like(y_tiles)
             for j, a in enumerate(starts):
                 sl = slice(a, a + chunk)
                 n = y_tiles[sl].shape[0]
-                F_out, latents[j] = self._net(
-                    lvl,
+                x, cn, off, size = (
                     c_in * y_tiles[sl],
                     c_noise.expand(n).to(dev),
                     t_off[sl].to(dev),
                     t_size[sl].to(dev),
+                )
+                F_out, latents[j], F_cond = self._net(
+                    lvl,
+                    x,
+                    cn,
+                    off,
+                    size,
                     [(c[0][sl], c[1], c[2][sl], c[3][sl]) for c in coarse],
-                    _context(contexts, j, n, use_cfg, guide),
+                    _context(contexts, j, n, use_cfg, guided),
                     tile_labels,
                     tile_text,
                     sl,
-                    guidance if guide else None,
+                    guidance if guided else None,
                     latents[j],
                 )
+                if auto is not None and (a_iv is None or a_iv[0] <= sigma <= a_iv[1]):
+                    # D + (w - 1)(D_cond - D_guide): c_skip, c_out are shared
+                    lab = tile_labels[sl] if tile_labels is not None else None
+                    txt = tile_text[sl] if tile_text is not None else None
+                    F_guide = self.guide.forward_level(x, cn, off, size, 0, None, lab, txt)
+                    F_out = F_out + (auto - 1.0) * (F_cond - F_guide)
                 out[sl] = c_skip * y_tiles[sl] + c_out * F_out
             canvas = paste_add(torch.zeros_like(y), out, tiles, index)
             return canvas / counts
@@ -352,14 +376,15 @@ class Cascade:
     def _net(self, lvl, x, c_noise, off, size, coarse, context, labels, text, sl, guidance, prev):
         """F(c_in·y) of a batch of level-`lvl` tiles, with classifier-free guidance when asked.
 
-        Returns (F, latents): the latents (None unless the model self-conditions) are fed back
-        as `prev` at the next call; with guidance they stack the conditional and unconditional
-        branches.
+        Returns (F, latents, F_cond): the latents (None unless the model self-conditions) are fed
+        back as `prev` at the next call; with guidance they stack the conditional and
+        unconditional branches. F_cond is the conditional output alone (= F without guidance).
         """
         lab = labels[sl] if labels is not None else None
         txt = text[sl] if text is not None else None
         if guidance is None:
-            return self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt, prev)
+            out, lat = self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt, prev)
+            return out, lat, out
         n = x.shape[0]
         null_lab = torch.full_like(lab, self.model.null_class()) if lab is not None else None
         null_txt = torch.zeros_like(txt) if txt is not None else None
@@ -371,7 +396,7 @@ class Cascade:
             lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt, prev
         )
         cond, uncond = out[:n], out[n:]
-        return uncond + guidance * (cond - uncond), lat
+        return uncond + guidance * (cond - uncond), lat, cond
 
     def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text, prev=None):
         sc = self.model.self_cond is not None
@@ -439,6 +464,29 @@ class Cascade:
                 tgt_o, tgt_s = t_off[sl].to(dev), t_size[sl].to(dev)
             out.append(self.model.context(xs, cn, offs, sizes, tgt_o, tgt_s, lab, txt))
         return out
+
+
+def check_guide(cfg: Config, guide_cfg: Config) -> None:
+    """A guide must denoise the same level-0 tiles in the same space, with the same condition."""
+    problems = []
+    if tuple(guide_cfg.pyramid.patch) != tuple(cfg.pyramid.patch):
+        problems.append(f"patch {list(guide_cfg.pyramid.patch)} instead of {list(cfg.pyramid.patch)}")
+    for key in ("sigma_data", "sigma_in0"):
+        if getattr(guide_cfg.diffusion, key) != getattr(cfg.diffusion, key):
+            problems.append(
+                f"diffusion.{key}={getattr(guide_cfg.diffusion, key)} instead of {getattr(cfg.diffusion, key)}"
+            )
+    for key in ("num_classes", "text_dim"):
+        if getattr(guide_cfg.model, key) != getattr(cfg.model, key):
+            problems.append(
+                f"model.{key}={getattr(guide_cfg.model, key)} instead of {getattr(cfg.model, key)}"
+            )
+    if problems:
+        raise ConfigError(
+            f"sample.guide={cfg.sample.guide} cannot guide this model: its {'; '.join(problems)}. Train the "
+            "guide on the same data with the same pyramid.patch, diffusion.sigma_data/sigma_in0 and condition "
+            "(e.g. a smaller, shorter level-0 run: pyramid.num_levels=1 pyramid.target=PATCH)"
+        )
 
 
 def _context(contexts, j: int, n: int, built_guided: bool, guide: bool):

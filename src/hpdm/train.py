@@ -110,11 +110,25 @@ def load_model(
             "sample.S_churn=0 or sample.cfg_interval=[2,80]); train a new run to change anything else"
         )
     cfg = load_config(ck / "config.yaml", overrides or [])
+    if cfg.sample.guide:
+        cfg.sample.guide = str(_guide_path(cfg.sample.guide, ck))
     model = HPDM(cfg)
     name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
     state = load_file(str(ck / name))
     model.load_state_dict(state)
     return model.to(device or "cpu").eval(), cfg
+
+
+def _guide_path(guide: str, ck: Path) -> Path:
+    """`sample.guide` as a path: next to the checkpoint first (a shipped model names its guide's
+    folder), then as given."""
+    for p in (ck / guide, Path(guide)):
+        if (p / "state.json").exists() and (p / "model.safetensors").exists() or list_checkpoints(p):
+            return p.resolve()
+    raise ConfigError(
+        f"sample.guide={guide}: no checkpoint there (looked in {ck / guide} and {Path(guide).resolve()}); "
+        "give the run or checkpoint folder of the guiding model, or sample.guide=null to sample without it"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

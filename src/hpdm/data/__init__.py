@@ -23,7 +23,7 @@ def build_dataset(cfg: Config, train: bool = True) -> Dataset:
         from hpdm.data.shapes import ShapesDataset
 
         seed = d.seed if train else d.seed + 1_000_003  # a held-out set for evaluation
-        return ShapesDataset(d.num_samples, F, H, W, seed=seed)
+        return ShapesDataset(d.num_samples, F, H, W, seed=seed, size_range=d.shape_size)
     if d.dataset == "cache":
         from hpdm.data.cache import CachedDataset
 

@@ -31,6 +31,7 @@ __all__ = [
     "CLASS_COLOURS",
     "TEXTURE_COLORS",
     "BACKGROUNDS",
+    "SIZE_RANGE",
     "sample_params",
     "render",
     "caption",
@@ -70,6 +71,7 @@ TEXTURE_COLORS: list[str] = [name for name, _, _ in _PALETTE]
 BACKGROUNDS: list[str] = ["stripes", "checkerboard", "plaid", "gradient"]
 
 _NUM_WAVES = 8  # plane waves per texture (checkerboard needs all 8)
+SIZE_RANGE = (0.14, 0.21)  # default bounding radius of the object, fraction of the frame side
 _OUTLINE = 0.015  # outline width in normalised units (~1 px at 64, ~4 px at 256)
 _OUTLINE_RGB = (0.05, 0.05, 0.07)
 _STRIPE_PERIOD = (1 / 20, 1 / 8)  # of the frame; 3.2..8 px at 64 px, so seams would show
@@ -134,10 +136,13 @@ def sample_params(
     indices: torch.Tensor | Sequence[int],
     seed: int = 0,
     class_ids: torch.Tensor | Sequence[int] | None = None,
+    size_range: tuple[float, float] = SIZE_RANGE,
 ) -> dict[str, torch.Tensor]:
     """Scene parameters for each sample index, deterministic in (seed, index).
 
-    `class_ids` forces the class of each sample; every other parameter stays as drawn. Returns a
+    `class_ids` forces the class of each sample; every other parameter stays as drawn.
+    `size_range` bounds the object's bounding radius (fraction of the frame side); the same index
+    keeps its other parameters whatever the range. Returns a
     dict of tensors with leading dim B: `index`, `class_id` (long), `shape_color` (B, 3), `size`
     (bounding radius), `pos0` / `velocity` ((B, 2) as (x, y), normalised units and per clip; pos0
     is the unfolded start in [0, 1 - 2 size]), `angle0`, `spin` (rad, rad per clip), `bg_type`
@@ -165,7 +170,10 @@ def sample_params(
         cls = forced.clone()
 
     # shape: bounding radius, unfolded start position, velocity, rotation
-    size = 0.14 + 0.07 * U()  # 9..13 px radius at 64 px
+    lo, hi = size_range
+    if not 0 < lo <= hi < 0.5:
+        raise ValueError(f"shapes: size_range must satisfy 0 < lo <= hi < 0.5, got {tuple(size_range)}")
+    size = lo + (hi - lo) * U()  # default 9..13 px radius at 64 px
     span = 1 - 2 * size  # the centre lives in [size, 1 - size]
     pos0 = torch.stack([U(), U()], 1) * span[:, None]
     speed = 0.25 + 0.6 * U()  # frame widths per clip
@@ -508,10 +516,11 @@ def render_shapes(
     seed: int = 0,
     class_ids: torch.Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
+    size_range: tuple[float, float] = SIZE_RANGE,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Videos (B, 3, F, H, W) in [-1, 1] on `device` (default CPU), labels (B,) long and captions
     for sample indices."""
-    params = sample_params(indices, seed, class_ids)
+    params = sample_params(indices, seed, class_ids, size_range)
     video = render(params, num_frames, height, width, device=device)
     return video, params["class_id"].clone(), captions(params)
 
@@ -524,10 +533,19 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     num_classes = NUM_CLASSES
 
-    def __init__(self, num_samples: int, num_frames: int, height: int, width: int, seed: int = 0):
+    def __init__(
+        self,
+        num_samples: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        seed: int = 0,
+        size_range: tuple[float, float] = SIZE_RANGE,
+    ):
         if num_samples < 1:
             raise ValueError(f"ShapesDataset: num_samples must be >= 1, got {num_samples}")
         self.num_samples = num_samples
+        self.size_range = tuple(size_range)
         self.num_frames, self.height, self.width = num_frames, height, width
         self.seed = seed
         self.device = torch.device("cpu")
@@ -555,6 +573,12 @@ class ShapesDataset(torch.utils.data.Dataset):
         """Vectorised batch: video (B, 3, F, H, W), label (B,), caption list, index (B,)."""
         idx = self._check(torch.as_tensor(indices, dtype=torch.int64).reshape(-1))
         video, labels, caps = render_shapes(
-            idx, self.num_frames, self.height, self.width, self.seed, device=self.device
+            idx,
+            self.num_frames,
+            self.height,
+            self.width,
+            self.seed,
+            device=self.device,
+            size_range=self.size_range,
         )
         return {"video": video, "label": labels, "caption": caps, "index": idx}

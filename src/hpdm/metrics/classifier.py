@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hpdm.data.shapes import CLASS_COLOURS, NUM_CLASSES, render, render_shapes, sample_params
+from hpdm.data.shapes import CLASS_COLOURS, NUM_CLASSES, SIZE_RANGE, render, render_shapes, sample_params
 
 INPUT_SIZE = (8, 32, 32)
 # A generated video is area-downsampled to INPUT_SIZE, whose object edges differ slightly from a
@@ -101,12 +101,15 @@ def train_classifier(
     sizes: tuple[tuple[int, int, int], ...] = TRAIN_SIZES,
     progress: bool = True,
     kind: str = "class",
+    size_range: tuple[float, float] = SIZE_RANGE,
 ) -> dict:
     """Train on rendered `shapes` clips (seeds disjoint from the generator's training set).
 
     kind "class": the clips as they are; "shape": every shape in the colour of a random class.
-    Steps cycle through `sizes`; the held-out accuracy is reported at each of them.
+    Steps cycle through `sizes`; the held-out accuracy is reported at each of them. `size_range`:
+    the objects' bounding radius (`data.shape_size` of the models it will score).
     """
+    size_range = tuple(float(v) for v in size_range)
     if kind not in KINDS:
         raise ValueError(f"classifier kind '{kind}' is not one of {', '.join(KINDS)}")
     torch.manual_seed(seed)
@@ -117,13 +120,18 @@ def train_classifier(
     t0 = time.perf_counter()
     for step in tqdm(range(steps), desc="classifier", disable=not progress):
         size = sizes[step % len(sizes)]
-        video, labels = _clips(range(base + step * batch, base + (step + 1) * batch), size, seed, kind)
+        video, labels = _clips(
+            range(base + step * batch, base + (step + 1) * batch), size, seed, kind, size_range
+        )
         loss = F.cross_entropy(model(video), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    acc = {"x".join(map(str, sz)): evaluate(model, size=sz, seed=seed + 1, kind=kind) for sz in sizes}
+    acc = {
+        "x".join(map(str, sz)): evaluate(model, size=sz, seed=seed + 1, kind=kind, size_range=size_range)
+        for sz in sizes
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "model.safetensors"))
@@ -134,20 +142,24 @@ def train_classifier(
         "lr": lr,
         "seed": seed,
         "sizes": [list(sz) for sz in sizes],
+        "shape_size": list(size_range),
         "held_out_accuracy": acc,
         "seconds": round(time.perf_counter() - t0, 1),
-        "command": f"hpdm eval train-classifier --kind {kind} --out {out} --steps {steps}",
+        "command": f"hpdm eval train-classifier --kind {kind} --out {out} --steps {steps}"
+        + ("" if size_range == SIZE_RANGE else f" --shape-size {size_range[0]} {size_range[1]}"),
     }
     (out / "info.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def _clips(indices, size, seed: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _clips(
+    indices, size, seed: int, kind: str, size_range: tuple[float, float] = SIZE_RANGE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rendered clips and labels; kind "shape" repaints each shape in a random class's colour."""
     if kind == "class":
-        video, labels, _ = render_shapes(list(indices), *size, seed=seed)
+        video, labels, _ = render_shapes(list(indices), *size, seed=seed, size_range=size_range)
         return video, labels
-    params = sample_params(list(indices), seed)
+    params = sample_params(list(indices), seed, size_range=size_range)
     palette = torch.tensor(CLASS_COLOURS)
     g = torch.Generator().manual_seed(seed * 1_000_003 + int(params["index"][0]))
     params["shape_color"] = palette[torch.randint(len(palette), (len(params["class_id"]),), generator=g)]
@@ -156,9 +168,14 @@ def _clips(indices, size, seed: int, kind: str) -> tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def evaluate(
-    model: ShapesClassifier, num: int = 256, size=INPUT_SIZE, seed: int = 1, kind: str = "class"
+    model: ShapesClassifier,
+    num: int = 256,
+    size=INPUT_SIZE,
+    seed: int = 1,
+    kind: str = "class",
+    size_range: tuple[float, float] = SIZE_RANGE,
 ) -> float:
-    video, labels = _clips(range(20_000_000, 20_000_000 + num), size, seed, kind)
+    video, labels = _clips(range(20_000_000, 20_000_000 + num), size, seed, kind, size_range)
     return float((model.eval()(video).argmax(-1) == labels).float().mean())
 
 

@@ -61,6 +61,11 @@ def add_parser(sub) -> None:
     )
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
+    q.add_argument(
+        "--shape-classifier",
+        default=None,
+        help="colour-blind classifier weights (default: shipped; train one for another data.shape_size)",
+    )
     q.add_argument("--out", default="report")
     q.add_argument("overrides", nargs="*", help="sampling settings, e.g. sample.S_churn=0")
     q.set_defaults(fn=run_report_cmd)
@@ -75,6 +80,14 @@ def add_parser(sub) -> None:
     q.add_argument("--out", required=True)
     q.add_argument("--steps", type=int, default=600)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--shape-size",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="train on objects of this bounding-radius range (data.shape_size; default 0.14 0.21)",
+    )
     q.set_defaults(fn=run_train_classifier)
 
 
@@ -181,6 +194,7 @@ def run_report_cmd(a: argparse.Namespace) -> int:
         steps=a.steps,
         overlap=a.overlap,
         classifier_path=a.classifier,
+        shape_classifier_path=a.shape_classifier,
         guidance=a.cfg,
         overrides=a.overrides,
     )
@@ -192,7 +206,8 @@ def run_report_cmd(a: argparse.Namespace) -> int:
 def run_train_classifier(a: argparse.Namespace) -> int:
     from hpdm.metrics.classifier import train_classifier
 
-    info = train_classifier(a.out, steps=a.steps, seed=a.seed, kind=a.kind)
+    size = {} if a.shape_size is None else {"size_range": tuple(a.shape_size)}
+    info = train_classifier(a.out, steps=a.steps, seed=a.seed, kind=a.kind, **size)
     print(
         "held-out accuracy "
         + ", ".join(f"{100 * v:.1f}% at {k}" for k, v in info["held_out_accuracy"].items())

@@ -40,7 +40,9 @@ def real_batches(
         for a in range(0, num, batch_size):
             idx = list(range(30_000_000 + a, 30_000_000 + min(num, a + batch_size)))
             cls = [i % NUM_CLASSES for i in range(a, a + len(idx))] if balanced else None
-            video, labels, _ = render_shapes(idx, F, H, W, seed=seed, class_ids=cls)
+            video, labels, _ = render_shapes(
+                idx, F, H, W, seed=seed, class_ids=cls, size_range=cfg.data.shape_size
+            )
             yield {"video": video, "label": labels}
         return
     from hpdm.data import build_dataset
@@ -81,6 +83,7 @@ def run_report(
     overlap: str | None = None,
     progress: bool = True,
     classifier_path: str | None = None,
+    shape_classifier_path: str | None = None,
     guidance: float | list[float] | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
@@ -135,7 +138,9 @@ def run_report(
     clf = load_classifier(classifier_path)
     acc_fake = class_accuracy(clf, fakes[-1], labels)
     acc_real = class_accuracy(clf, reals[-1], torch.cat(real_labels))
-    shape_clf = load_classifier(kind="shape")  # colour-blind: is the outline recognisable?
+    shape_clf = load_classifier(
+        shape_classifier_path, kind="shape"
+    )  # colour-blind: is the outline recognisable?
     shape_fake = class_accuracy(shape_clf, fakes[-1], labels)
     shape_real = class_accuracy(shape_clf, reals[-1], torch.cat(real_labels))
     area_fake = object_areas(fakes[-1], labels)
