@@ -10,9 +10,9 @@ from hpdm.pyramid import PyramidGeometry
 from hpdm.train import load_model
 
 
-def level0_clips(ckpt: str, num: int, first: int = 50_000):
+def level0_clips(ckpt: str, num: int, first: int = 50_000, overrides=()):
     """(model, cfg, diffusion, x0, labels): x0 (num, 3, *patch) is each clip's level 0 in [-1, 1]."""
-    model, cfg = load_model(ckpt)
+    model, cfg = load_model(ckpt, overrides=list(overrides))
     model.eval()
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
     diff = Diffusion(cfg.diffusion, geo)

@@ -16,8 +16,8 @@ so compare models at 256 (about 4 minutes on 2 cores); the seeds are the same fo
 
 `--retention S1,S2,...` asks where the outlines are lost: 64 held-out real level-0 clips are
 noised to σ = S and sampled back to σ = 0 (deterministic Heun on the tail of the checkpoint's
-level-0 Karras schedule, its level-0 guidance), and the colour-blind classifier scores the
-results. A model that knows each class's outline keeps it from any σ (100%); the share kept
+level-0 Karras schedule, its level-0 classifier-free guidance and autoguidance, as `--set`
+leaves them), and the colour-blind classifier scores the results. A model that knows each class's outline keeps it from any σ (100%); the share kept
 falls towards that of unconditional samples as S grows past where the model stops drawing it.
 
     python scripts/level0_error.py --retention 0.3,1,2,4 src/hpdm/assets/demo
@@ -75,14 +75,15 @@ def level0_samples(ckpt: str, num: int, overrides=()) -> dict[str, float]:
     }
 
 
-def shape_retention(ckpt: str, sigmas, num: int = 64) -> dict[float, float]:
+def shape_retention(ckpt: str, sigmas, num: int = 64, overrides=()) -> dict[float, float]:
     """Shape accuracy of real level-0 clips noised to each σ and sampled back to σ = 0."""
     from hpdm.metrics.classifier import class_accuracy, load_classifier
-    from hpdm.sampling import edm_sampler, karras_sigmas, level_steps
+    from hpdm.sampling import Cascade, edm_sampler, karras_sigmas, level_steps
 
-    model, cfg, diff, x0, labels = level0_clips(ckpt, num)
+    model, cfg, diff, x0, labels = level0_clips(ckpt, num, overrides=overrides)
     s = cfg.sample
     guidance = s.cfg[0] if isinstance(s.cfg, list) else s.cfg
+    guide = Cascade(model, cfg).guide if s.guide_scale != 1.0 else None
     scale = float(diff.sigma_in[0])
     off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)
     null = torch.full_like(labels, model.null_class())
@@ -91,10 +92,15 @@ def shape_retention(ckpt: str, sigmas, num: int = 64) -> dict[float, float]:
         sig = torch.full((num, 1), sigma)
         with torch.no_grad():
             cond = diff.denoise(model, y[:, None], sig, off, size, labels)[:, 0]
-            if guidance == 1.0:
-                return cond
-            uncond = diff.denoise(model, y[:, None], sig, off, size, null)[:, 0]
-        return uncond + guidance * (cond - uncond)
+            out = cond
+            if guidance != 1.0:
+                uncond = diff.denoise(model, y[:, None], sig, off, size, null)[:, 0]
+                out = uncond + guidance * (cond - uncond)
+            iv = s.guide_interval
+            if guide is not None and (iv is None or iv[0] <= sigma <= iv[1]):  # as Cascade does
+                weak = diff.denoise(guide, y[:, None], sig, off, size, labels)[:, 0]
+                out = out + (s.guide_scale - 1.0) * (cond - weak)
+        return out
 
     schedule = karras_sigmas(level_steps(s, 0), s.sigma_min, s.sigma_max, s.rho)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
@@ -123,7 +129,7 @@ if __name__ == "__main__":
         action="append",
         default=[],
         metavar="sample.KEY=VALUE",
-        help="sampling setting for --samples, e.g. --set sample.guide=null (repeatable)",
+        help="sampling setting for --samples and --retention, e.g. --set sample.guide=null (repeatable)",
     )
     a = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -135,6 +141,6 @@ if __name__ == "__main__":
             m = level0_samples(ck, a.samples, a.set)
             line += "  |  samples: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in m.items())
         if a.retention:
-            r = shape_retention(ck, [float(v) for v in a.retention.split(",")])
+            r = shape_retention(ck, [float(v) for v in a.retention.split(",")], overrides=a.set)
             line += "  |  shape kept from σ: " + "  ".join(f"{k:g} {100 * v:.1f}%" for k, v in r.items())
         print(line, flush=True)

@@ -468,7 +468,7 @@ def test_c3d_weights_loading(c3d_random, tmp_path):
 
 
 def test_seam_score_finds_tile_seams_and_ignores_the_token_grid():
-    from hpdm.metrics.seam import seam_score
+    from hpdm.metrics.seam import boundary_masks, seam_score
 
     g = torch.Generator().manual_seed(0)
     smooth = torch.randn(2, 3, 2, 64, 64, generator=g) * 0.1
@@ -481,3 +481,25 @@ def test_seam_score_finds_tile_seams_and_ignores_the_token_grid():
     )
     assert abs(seam_score(blocky, (2, 16, 16), "none", (1, 4, 4)) - 1.0) < 0.1  # token-grid steps only
     assert seam_score(blocky, (2, 16, 16), "none") > 1.5  # without the cube they look like seams
+    # tiles of a custom stride (starts 0, 12, 24, 36, 48: edges 12, 16, 24, 28, 36, 40, 48, 52)
+    mh, _ = boundary_masks((2, 64, 64), (2, 16, 16), "spatial", stride=12)
+    assert (torch.nonzero(mh)[:, 0] + 1).tolist() == [12, 16, 24, 28, 36, 40, 48, 52]
+    steps12 = smooth.clone()
+    for e in (12, 16, 24, 28, 36, 40, 48, 52):
+        steps12[..., e:, :] += 0.5
+    score12 = seam_score(steps12, (2, 16, 16), "spatial", (1, 4, 4), stride=12)
+    assert score12 > 2.0 and score12 > seam_score(steps12, (2, 16, 16), "spatial", (1, 4, 4)) + 0.5
+
+
+def test_blockiness_sees_grids_on_even_boundaries_and_not_smooth_content():
+    from hpdm.data.shapes import render_shapes
+    from hpdm.metrics.seam import blockiness
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 3, 2, 64, 64, generator=g) * 0.1
+    assert abs(blockiness(noise) - 1.0) < 0.05
+    video, _, _ = render_shapes(torch.arange(4), 4, 64, 64)
+    assert abs(blockiness(video) - 1.0) < 0.05  # real clips: no grid
+    up = torch.randn(2, 3, 2, 16, 16, generator=g).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    assert blockiness(noise + up) > 1.5  # 4-pixel blocks: steps at every 4th (even) boundary
+    assert blockiness(noise[..., :1, :1]) == 1.0  # no boundaries on either side

@@ -16,6 +16,7 @@ from hpdm.pyramid import (
     relative_grid,
     sample_boxes,
     tile_offsets,
+    tile_strides,
     token_centres,
 )
 
@@ -166,6 +167,45 @@ def test_tile_counts_and_strides():
     # an odd canvas: the end tile is shifted inward, not dropped and not outside
     w_starts = sorted({t[2] for t in tile_offsets((2, 8, 13), (2, 8, 4), "spatial").tolist()})
     assert w_starts == [0, 2, 4, 6, 8, 9]
+
+
+@pytest.mark.parametrize("canvas", [(4, 64, 64), (4, 128, 128), (5, 13, 17), (2, 40, 36)])
+@pytest.mark.parametrize("stride", [18, 14, 9, 1, [2, 7, 18]])
+def test_tile_stride_covers_every_voxel_and_sets_the_overlapped_axes(canvas, stride):
+    patch = tuple(min(p, c) for p, c in zip((2, 32, 32), canvas))
+    st = [min(v, p) for v, p in zip([stride] * 3 if isinstance(stride, int) else stride, patch)]
+    tiles = tile_offsets(canvas, patch, "spatial", st)
+    assert torch.all(tiles >= 0) and torch.all(tiles + torch.tensor(patch) <= torch.tensor(canvas))
+    assert len({tuple(t) for t in tiles.tolist()}) == len(tiles)
+    count = torch.zeros(canvas, dtype=torch.int32)
+    for f, h, w in tiles.tolist():
+        count[f : f + patch[0], h : h + patch[1], w : w + patch[2]] += 1
+    assert int(count.min()) >= 1
+    strides = tile_strides(patch, "spatial", st)
+    assert strides[0] == patch[0]  # `spatial` leaves frames alone whatever the stride
+    for a in (1, 2):  # consecutive starts step by the stride, except the end tile shifted inward
+        starts = sorted({t[a] for t in tiles.tolist()})
+        want = strides[a] if canvas[a] > patch[a] else None
+        if want is not None:
+            assert all(b - a_ == want for a_, b in zip(starts[:-2], starts[1:-1]))
+            assert starts[-1] == canvas[a] - patch[a] and starts[-1] - starts[-2] <= want
+
+
+def test_tile_stride_default_is_half_the_patch_and_dephases_token_grids():
+    assert tile_strides((8, 32, 32), "spatial") == (8, 16, 16)
+    assert tile_strides((8, 32, 32), "full") == (4, 16, 16)
+    assert tile_strides((8, 32, 32), "none", 18) == (8, 32, 32)  # no overlap: the stride is ignored
+    assert tile_strides((8, 32, 32), "full", [6, 18, 14]) == (6, 18, 14)
+    with pytest.raises(ValueError, match="leave gaps"):
+        tile_strides((8, 32, 32), "spatial", 33)
+    assert torch.equal(
+        tile_offsets((8, 128, 128), (8, 32, 32), "spatial", 16),
+        tile_offsets((8, 128, 128), (8, 32, 32), "spatial"),
+    )
+    # with 4-pixel tokens, a stride of 18 puts neighbouring tiles' token edges 2 pixels apart
+    starts = sorted({t[2] for t in tile_offsets((8, 128, 128), (8, 32, 32), "spatial", 18).tolist()})
+    assert starts == [0, 18, 36, 54, 72, 90, 96]
+    assert {s % 4 for s in starts} == {0, 2}
 
 
 @pytest.mark.parametrize("patch, target, L", GEOMETRIES, ids=IDS)

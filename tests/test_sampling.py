@@ -215,6 +215,22 @@ def test_any_size_wider_than_training(tiny):
     assert gen.settings["levels"][2]["tiles"] > gen.settings["levels"][1]["tiles"]
 
 
+def test_tile_stride_retiles_the_finer_levels_only(tiny):
+    cfg, model = tiny
+    size = (4, 32, 32)  # the training size: level 0 is one tile
+    cfg3 = load_config("tiny", ["sample.tile_stride=3"])
+    a = Cascade(model, cfg).generate(num=1, size=size, seed=0, progress=False)
+    b = Cascade(model, cfg3).generate(num=1, size=size, seed=0, progress=False)
+    geo = PyramidGeometry(cfg.pyramid.patch, size, cfg.pyramid.num_levels)
+    for lvl, info in enumerate(b.settings["levels"]):
+        want = tile_offsets(geo.level_sizes[lvl], cfg.pyramid.patch, "spatial", 3)
+        assert info["tiles"] == len(want)
+    assert b.settings["sample"]["tile_stride"] == 3
+    assert b.settings["levels"][2]["tiles"] > a.settings["levels"][2]["tiles"]
+    assert torch.equal(a.levels[0], b.levels[0])  # level 0 is one tile either way
+    assert (a.video - b.video).abs().mean() > 1e-4
+
+
 def test_impossible_size_lists_valid_ones(tiny):
     cfg, model = tiny
     with pytest.raises(ConfigError, match=r"valid sizes near it: 4x32x64"):

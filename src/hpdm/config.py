@@ -150,6 +150,11 @@ class SampleConfig:
     guide_scale: float = 2.0
     guide_interval: list[float] | None = None  # autoguide only at σ in [lo, hi]; null = every step
     overlap: str = "spatial"  # none | spatial | full
+    # tile stride in pixels on the axes `overlap` overlaps (one value, or [F, H, W]; the others
+    # keep the patch as stride); null = half the patch.
+    # A stride that is not a multiple of the token cube (e.g. 18 for 32-pixel patches of 4-pixel
+    # tokens) interleaves overlapping tiles' token grids, so averaging hides their edges
+    tile_stride: int | list[int] | None = None
     tile_batch: int = 16
     context_sigma: float = (
         0.05  # noise level of the finished coarse levels fed as context (a σ training sees often)
@@ -157,6 +162,25 @@ class SampleConfig:
     cache: str = "context"  # context | none
     cache_budget_mb: int = 2048
     fps: int = 8
+
+
+def _check_tile_stride(s: SampleConfig, patch) -> None:
+    st = s.tile_stride
+    if st is None:
+        return
+    per = [st] * 3 if isinstance(st, int) and not isinstance(st, bool) else st
+    overlapped = {"none": (False,) * 3, "spatial": (False, True, True), "full": (True,) * 3}[s.overlap]
+    if (
+        not isinstance(per, list | tuple)
+        or len(per) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in per)
+        or any(o and not 1 <= v <= p for v, p, o in zip(per, patch, overlapped))
+    ):
+        raise ConfigError(
+            f"sample.tile_stride={st}: give a whole number of pixels between 1 and the patch "
+            f"{list(patch)} on every overlapped axis (one value, or [F, H, W]), or null for half the "
+            "patch"
+        )
 
 
 @dataclass
@@ -409,6 +433,7 @@ def validate(cfg: Config) -> None:
     _choice(s.sampler, ("heun", "euler"), "sample.sampler")
     _choice(s.overlap, ("none", "spatial", "full"), "sample.overlap")
     _choice(s.cache, ("context", "none"), "sample.cache")
+    _check_tile_stride(s, p.patch)
     if isinstance(s.cfg, list) and len(s.cfg) != p.num_levels:
         raise ConfigError(f"sample.cfg: a list needs one guidance scale per level ({p.num_levels})")
     if any(not math.isfinite(g) or g < 0 for g in (s.cfg if isinstance(s.cfg, list) else [s.cfg])):

@@ -243,12 +243,33 @@ def tile_starts(canvas: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def tile_offsets(canvas: Sequence[int], patch: Sequence[int], overlap: str) -> torch.Tensor:
-    """(T, 3) integer offsets of tiles covering a canvas; overlap none | spatial | full."""
-    half = {"none": (False, False, False), "spatial": (False, True, True), "full": (True, True, True)}[
-        overlap
-    ]
-    per_axis = [tile_starts(c, p, max(1, p // 2) if h else p) for c, p, h in zip(canvas, patch, half)]
+OVERLAPPED = {"none": (False, False, False), "spatial": (False, True, True), "full": (True, True, True)}
+
+
+def tile_strides(
+    patch: Sequence[int], overlap: str, stride: int | Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """Per-axis tile stride: the patch on the axes `overlap` leaves alone; on the overlapped ones
+    half the patch, or `stride` (one value for every overlapped axis, or one per axis)."""
+    per = [stride] * 3 if stride is None or isinstance(stride, int) else list(stride)
+    out = tuple(
+        (max(1, p // 2) if st is None else int(st)) if o else p
+        for p, o, st in zip(patch, OVERLAPPED[overlap], per)
+    )
+    if any(not 1 <= st <= p for st, p in zip(out, patch)):
+        raise ValueError(
+            f"tile stride {list(out)} would leave gaps or stall: each must be in 1..patch {list(patch)}"
+        )
+    return out
+
+
+def tile_offsets(
+    canvas: Sequence[int], patch: Sequence[int], overlap: str, stride: int | Sequence[int] | None = None
+) -> torch.Tensor:
+    """(T, 3) integer offsets of tiles covering a canvas; overlap none | spatial | full, with the
+    overlapped axes' stride half the patch unless `stride` says otherwise (`tile_strides`)."""
+    strides = tile_strides(patch, overlap, stride)
+    per_axis = [tile_starts(c, p, st) for c, p, st in zip(canvas, patch, strides)]
     grids = torch.meshgrid(*[torch.tensor(s) for s in per_axis], indexing="ij")
     return torch.stack([g.reshape(-1) for g in grids], dim=-1)
 

@@ -156,7 +156,7 @@ class Cascade:
             LevelPlan(
                 level=lvl,
                 canvas=geo.level_sizes[lvl],
-                tiles=tile_offsets(geo.level_sizes[lvl], self.patch, overlap),
+                tiles=tile_offsets(geo.level_sizes[lvl], self.patch, overlap, s.tile_stride),
                 steps=level_steps(s, lvl, steps),
                 heun=(s.sampler0 if lvl == 0 else s.sampler) == "heun",
             )

@@ -1,10 +1,13 @@
 """Seam score: how visible tile boundaries are in a tiled generation.
 
 score = mean |∇v| across tile boundaries / mean |∇v| across other boundaries of the same kind,
-over the spatial axes. With `cube` given, the reference set is the token-cube boundaries that are
-not tile edges (tile edges always lie on the token grid, and an undertrained detokenizer can mark
-every token edge), so the score isolates seams between tiles from token-grid artefacts. 1.0 means
-the boundaries are statistically invisible; hard seams give values well above 1.
+over the spatial axes. With `cube` given, the reference set is the token-cube boundaries (on the
+canvas's grid) that are not tile edges (an undertrained detokenizer can mark every token edge), so
+the score isolates seams between tiles from token-grid artefacts. 1.0 means the boundaries are
+statistically invisible; hard seams give values well above 1.
+
+`blockiness` measures seams and token grids together: the gradient across even pixel boundaries
+against odd ones (1.0 for real clips).
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ from collections.abc import Sequence
 
 import torch
 
-from hpdm.pyramid import tile_starts
+from hpdm.pyramid import tile_starts, tile_strides
 
 
-def boundary_masks(canvas: Sequence[int], patch: Sequence[int], overlap: str) -> list[torch.Tensor]:
+def boundary_masks(
+    canvas: Sequence[int], patch: Sequence[int], overlap: str, stride: int | Sequence[int] | None = None
+) -> list[torch.Tensor]:
     """Per spatial axis (h, w), a bool mask over the n-1 neighbour differences marking tile edges."""
-    half = {"none": (False, False), "spatial": (True, True), "full": (True, True)}[overlap]
+    strides = tile_strides(patch, overlap, stride)
     masks = []
-    for a, h in zip((1, 2), half):
+    for a in (1, 2):
         n, p = canvas[a], patch[a]
-        starts = tile_starts(n, p, max(1, p // 2) if h else p)
+        starts = tile_starts(n, p, strides[a])
         edges = {s for s in starts if s > 0} | {s + p for s in starts if s + p < n}
         m = torch.zeros(n - 1, dtype=torch.bool)
         for e in edges:  # a difference between pixels e-1 and e crosses the edge at e
@@ -32,11 +37,15 @@ def boundary_masks(canvas: Sequence[int], patch: Sequence[int], overlap: str) ->
 
 
 def seam_score(
-    videos: torch.Tensor, patch: Sequence[int], overlap: str, cube: Sequence[int] | None = None
+    videos: torch.Tensor,
+    patch: Sequence[int],
+    overlap: str,
+    cube: Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
 ) -> float:
-    """videos (B, C, F, H, W) generated on a canvas tiled with `patch` and `overlap`."""
+    """videos (B, C, F, H, W) generated on a canvas tiled with `patch`, `overlap` and `stride`."""
     canvas = videos.shape[-3:]
-    mh, mw = boundary_masks(canvas, patch, overlap)
+    mh, mw = boundary_masks(canvas, patch, overlap, stride)
     gh = (videos[..., 1:, :] - videos[..., :-1, :]).abs().mean(dim=(0, 1, 2, 4))  # (H-1,)
     gw = (videos[..., :, 1:] - videos[..., :, :-1]).abs().mean(dim=(0, 1, 2, 3))  # (W-1,)
     ref_h, ref_w = ~mh, ~mw
@@ -50,3 +59,21 @@ def seam_score(
     if across.numel() == 0 or inside.numel() == 0:
         return 1.0  # a single tile has no seams
     return float(across.mean() / inside.mean().clamp_min(1e-12))
+
+
+def blockiness(videos: torch.Tensor) -> float:
+    """mean |∇v| across the boundaries between pixels 2k-1 and 2k / across those between 2k and
+    2k+1, over the spatial axes of (B, C, F, H, W) videos.
+
+    Every grid this model can imprint lies on even boundaries: token cubes (4 pixels wide), tile
+    edges (even strides), and a coarser level's pixels upsampled 2×. Natural content has no
+    preference (real `shapes` clips score 1.00), so values above 1 measure all the blocky
+    artefacts together, seams and token grids alike."""
+    gh = (videos[..., 1:, :] - videos[..., :-1, :]).abs().mean(dim=(0, 1, 2, 4))
+    gw = (videos[..., :, 1:] - videos[..., :, :-1]).abs().mean(dim=(0, 1, 2, 3))
+    g = torch.cat([gh, gw])
+    edge = torch.cat([torch.arange(1, gh.numel() + 1), torch.arange(1, gw.numel() + 1)])
+    even, odd = g[edge % 2 == 0], g[edge % 2 == 1]
+    if even.numel() == 0 or odd.numel() == 0:
+        return 1.0
+    return float(even.mean() / odd.mean().clamp_min(1e-12))
