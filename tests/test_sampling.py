@@ -231,6 +231,36 @@ def test_tile_stride_retiles_the_finer_levels_only(tiny):
     assert (a.video - b.video).abs().mean() > 1e-4
 
 
+def test_pyramid_consistency_pulls_each_level_towards_the_coarser_one(tiny):
+    from hpdm.pyramid import downsample2
+
+    cfg, model = tiny
+    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+
+    def miss(gen):  # mean |2x average of level l - level l-1| over the finer levels
+        out = []
+        for lvl in range(1, geo.num_levels):
+            axes = [geo.level_sizes[lvl - 1][a] < geo.level_sizes[lvl][a] for a in range(3)]
+            out.append(float((downsample2(gen.levels[lvl], axes) - gen.levels[lvl - 1]).abs().mean()))
+        return out
+
+    off = Cascade(model, cfg).generate(num=2, seed=3, progress=False)
+    zero = Cascade(model, load_config("tiny", ["sample.consistency=0"])).generate(
+        num=2, seed=3, progress=False
+    )
+    assert torch.equal(off.video, zero.video)
+    on = Cascade(model, load_config("tiny", ["sample.consistency=1"])).generate(num=2, seed=3, progress=False)
+    assert torch.equal(on.levels[0], off.levels[0])  # level 0 has no coarser level
+    for m_on, m_off in zip(miss(on), miss(off)):
+        assert m_on < 0.5 * m_off
+    # only at σ >= consistency_sigma: above the schedule's top nothing changes
+    late = load_config("tiny", ["sample.consistency=1", "sample.consistency_sigma=1000"])
+    assert torch.equal(Cascade(model, late).generate(num=2, seed=3, progress=False).video, off.video)
+    for bad in (["sample.consistency=1.5"], ["sample.consistency=-0.1"], ["sample.consistency_sigma=-1"]):
+        with pytest.raises(ConfigError, match="sample.consistency"):
+            load_config("tiny", bad)
+
+
 def test_impossible_size_lists_valid_ones(tiny):
     cfg, model = tiny
     with pytest.raises(ConfigError, match=r"valid sizes near it: 4x32x64"):

@@ -159,6 +159,12 @@ class SampleConfig:
     context_sigma: float = (
         0.05  # noise level of the finished coarse levels fed as context (a σ training sees often)
     )
+    # pyramid consistency at levels >= 1 (not in the HPDM paper): after every denoiser call the
+    # canvas's denoised estimate moves towards agreeing with the finished coarser level,
+    # D += consistency * up(coarse - down(D)) (down: the 2x area downsampling that builds the data
+    # pyramid; up: trilinear), at the steps with σ >= consistency_sigma. 0 = off
+    consistency: float = 0.0
+    consistency_sigma: float = 0.0
     cache: str = "context"  # context | none
     cache_budget_mb: int = 2048
     fps: int = 8
@@ -456,6 +462,11 @@ def validate(cfg: Config) -> None:
                 f"sample.{key}={iv}: give [lo, hi] with 0 <= lo <= hi (noise levels σ where guidance "
                 "applies, e.g. [0.3, 5.0]), or null to guide every step"
             )
+    if not (0 <= s.consistency <= 1 and math.isfinite(s.consistency_sigma) and s.consistency_sigma >= 0):
+        raise ConfigError(
+            f"sample.consistency={s.consistency}, sample.consistency_sigma={s.consistency_sigma}: give a "
+            "strength in [0, 1] (0 = off, 1 = the full correction) and a noise level >= 0 (0 = every step)"
+        )
     if not math.isfinite(s.guide_scale) or s.guide_scale < 0:
         raise ConfigError(
             f"sample.guide_scale={s.guide_scale}: give a number >= 0 (1 = the guide has no effect; ~2 "

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from hpdm.config import Config, ConfigError, SampleConfig
@@ -24,6 +25,7 @@ from hpdm.pyramid import (
     PyramidGeometry,
     context_offsets,
     crop,
+    downsample2,
     paste_add,
     pixel_boxes,
     tile_offsets,
@@ -305,6 +307,10 @@ class Cascade:
         latents: list[torch.Tensor | None] = [None] * len(starts)
 
         interval, a_iv = s.cfg_interval, s.guide_interval
+        consistent, axes = None, None  # the finished coarser level, in this level's scaled space
+        if lvl > 0 and s.consistency > 0:
+            axes = [geo.level_sizes[lvl - 1][a] < geo.level_sizes[lvl][a] for a in range(3)]
+            consistent = finished[lvl - 1] * float(diffusion.sigma_in[lvl - 1] / diffusion.sigma_in[lvl])
 
         def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
@@ -341,8 +347,13 @@ class Cascade:
                     F_guide = self.guide.forward_level(x, cn, off, size, 0, None, lab, txt)
                     F_out = F_out + (auto - 1.0) * (F_cond - F_guide)
                 out[sl] = c_skip * y_tiles[sl] + c_out * F_out
-            canvas = paste_add(torch.zeros_like(y), out, tiles, index)
-            return canvas / counts
+            canvas = paste_add(torch.zeros_like(y), out, tiles, index) / counts
+            if consistent is not None and sigma >= s.consistency_sigma:
+                # pyramid consistency: what the coarser level says this canvas's 2x average is
+                miss = consistent - downsample2(canvas, axes)
+                up = F.interpolate(miss, size=canvas.shape[-3:], mode="trilinear", align_corners=False)
+                canvas = canvas + s.consistency * up
+            return canvas
 
         sigmas = karras_sigmas(plan.steps, s.sigma_min, s.sigma_max, s.rho)
         noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
