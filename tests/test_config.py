@@ -135,13 +135,16 @@ def test_other_validation_messages():
 
 
 def test_tile_stride_is_checked():
-    cfg = load_config("demo", ["sample.tile_stride=18"])
+    assert load_config("demo").sample.tile_stride == [5, 18, 18]  # with overlap: full
+    cfg = load_config("demo", ["sample.overlap=spatial", "sample.tile_stride=18"])
     assert cfg.sample.tile_stride == 18
+    with pytest.raises(ConfigError, match="between 1 and the patch"):  # full: 18 frames > 8
+        load_config("demo", ["sample.overlap=full", "sample.tile_stride=18"])
     assert load_config("demo", ["sample.tile_stride=[8,18,14]"]).sample.tile_stride == [8, 18, 14]
     assert load_config("demo", ["sample.overlap=none", "sample.tile_stride=18"]).sample.tile_stride == 18
     for bad in ("0", "33", "[8,18]", "[8,40,18]"):
         with pytest.raises(ConfigError, match="tile_stride.*between 1 and the patch"):
-            load_config("demo", [f"sample.tile_stride={bad}"])
+            load_config("demo", ["sample.overlap=spatial", f"sample.tile_stride={bad}"])
     for bad in ("1.5", "true", "x"):
         with pytest.raises(ConfigError, match="tile_stride"):
             load_config("demo", [f"sample.tile_stride={bad}"])
