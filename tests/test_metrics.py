@@ -503,3 +503,17 @@ def test_blockiness_sees_grids_on_even_boundaries_and_not_smooth_content():
     up = torch.randn(2, 3, 2, 16, 16, generator=g).repeat_interleave(4, -1).repeat_interleave(4, -2)
     assert blockiness(noise + up) > 1.5  # 4-pixel blocks: steps at every 4th (even) boundary
     assert blockiness(noise[..., :1, :1]) == 1.0  # no boundaries on either side
+
+
+def test_judder_sees_frames_in_pairs_and_not_even_motion():
+    from hpdm.data.shapes import render_shapes
+    from hpdm.metrics.seam import judder
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 3, 8, 16, 16, generator=g)
+    assert abs(judder(noise) - 1.0) < 0.05
+    video, _, _ = render_shapes(torch.arange(4), 16, 64, 64)
+    assert abs(judder(video) - 1.0) < 0.1  # real clips move evenly
+    pairs = noise[:, :, ::2].repeat_interleave(2, dim=2) + 0.1 * noise  # frames 2k, 2k+1 alike
+    assert judder(pairs) > 3.0
+    assert judder(noise[:, :, :2]) == 1.0  # one boundary: nothing to compare

@@ -93,7 +93,7 @@ def run_report(
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.fvd import I3DFeatureExtractor, compute_stats, frechet_distance
     from hpdm.metrics.objects import object_areas, persistence
-    from hpdm.metrics.seam import blockiness, seam_score
+    from hpdm.metrics.seam import blockiness, judder, seam_score
     from hpdm.train import load_model, resolve_checkpoint
 
     ck = resolve_checkpoint(ckpt)
@@ -139,6 +139,7 @@ def run_report(
     ]
     blocky = [blockiness(fakes[lvl]) for lvl in range(geo.num_levels)]
     blocky_real = [blockiness(reals[lvl]) for lvl in range(geo.num_levels)]
+    judders = [(judder(fakes[lvl]), judder(reals[lvl])) for lvl in range(geo.num_levels)]
     clf = load_classifier(classifier_path)
     acc_fake = class_accuracy(clf, fakes[-1], labels)
     acc_real = class_accuracy(clf, reals[-1], torch.cat(real_labels))
@@ -166,6 +167,8 @@ def run_report(
                 "seam_score": seams[lvl - 1] if lvl > 0 else None,
                 "blockiness": blocky[lvl],
                 "blockiness_real": blocky_real[lvl],
+                "judder": judders[lvl][0],
+                "judder_real": judders[lvl][1],
             }
             for lvl in range(geo.num_levels)
         ],
@@ -194,16 +197,16 @@ def report_markdown(r: dict) -> str:
         f"Report for `{r['checkpoint']}` ({r['num_fake']} fake vs {r['num_real']} real, "
         f"overlap {r['overlap']}, {r['machine']})",
         "",
-        "| level | size (FxHxW) | FVD | seam score | blockiness (real) |",
-        "|---|---|---|---|---|",
+        "| level | size (FxHxW) | FVD | seam score | blockiness (real) | judder (real) |",
+        "|---|---|---|---|---|---|",
     ]
     for lv in r["levels"]:
         seam = f"{lv['seam_score']:.3f}" if lv["seam_score"] is not None else "—"
-        block = (
-            f"{lv['blockiness']:.3f} ({lv['blockiness_real']:.3f})" if "blockiness" in lv else "—"
-        )  # reports written before blockiness existed have none
+        # reports written before these metrics existed have none
+        block = f"{lv['blockiness']:.3f} ({lv['blockiness_real']:.3f})" if "blockiness" in lv else "—"
+        jud = f"{lv['judder']:.3f} ({lv['judder_real']:.3f})" if "judder" in lv else "—"
         lines.append(
-            f"| {lv['level']} | {'x'.join(map(str, lv['size']))} | {lv['fvd']:.1f} | {seam} | {block} |"
+            f"| {lv['level']} | {'x'.join(map(str, lv['size']))} | {lv['fvd']:.1f} | {seam} | {block} | {jud} |"
         )
     rows = [
         ("class accuracy (shapes classifier)", "class_accuracy"),
@@ -216,7 +219,8 @@ def report_markdown(r: dict) -> str:
     lines += [
         "",
         "Seam score 1.0 = invisible seams. Blockiness: the gradient across even pixel boundaries "
-        "over odd ones, 1.0 = no grid (token cubes, tile edges, upsampled pixels) shows.",
+        "over odd ones, 1.0 = no grid (token cubes, tile edges, upsampled pixels) shows. Judder: the "
+        "same between frames, 1.0 = frames change evenly.",
         "",
     ]
     return "\n".join(lines)

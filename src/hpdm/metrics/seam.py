@@ -7,7 +7,7 @@ the score isolates seams between tiles from token-grid artefacts. 1.0 means the 
 statistically invisible; hard seams give values well above 1.
 
 `blockiness` measures seams and token grids together: the gradient across even pixel boundaries
-against odd ones (1.0 for real clips).
+against odd ones (1.0 for real clips); `judder` does the same between frames.
 """
 
 from __future__ import annotations
@@ -74,6 +74,19 @@ def blockiness(videos: torch.Tensor) -> float:
     g = torch.cat([gh, gw])
     edge = torch.cat([torch.arange(1, gh.numel() + 1), torch.arange(1, gw.numel() + 1)])
     even, odd = g[edge % 2 == 0], g[edge % 2 == 1]
+    if even.numel() == 0 or odd.numel() == 0:
+        return 1.0
+    return float(even.mean() / odd.mean().clamp_min(1e-12))
+
+
+def judder(videos: torch.Tensor) -> float:
+    """Blockiness in time: mean |v_t - v_(t-1)| across the boundaries between frames 2k-1 and 2k
+    over those between 2k and 2k+1, for (B, C, F, H, W) videos. Tokens two frames long and
+    tiles starting on even frames leave their steps on the even boundaries, so generated frames
+    that come in pairs score above 1; real clips, which move evenly, score 1.00. Needs >= 3 frames."""
+    d = (videos[:, :, 1:] - videos[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))  # boundary t = i + 1
+    t = torch.arange(1, d.numel() + 1)
+    even, odd = d[t % 2 == 0], d[t % 2 == 1]
     if even.numel() == 0 or odd.numel() == 0:
         return 1.0
     return float(even.mean() / odd.mean().clamp_min(1e-12))
