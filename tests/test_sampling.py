@@ -431,3 +431,71 @@ def test_autoguidance_checkpoint_and_errors(tiny, tmp_path):
         Cascade(m, c_wrong)
     with pytest.raises(ConfigError, match="guide_scale"):
         load_config("tiny", ["sample.guide_scale=-1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A separate level-0 model (sample.base): it samples level 0, the model samples the finer levels.
+
+
+def _level0_cfg(extra=()):
+    return load_config(
+        "tiny", ["pyramid.num_levels=1", "pyramid.target=[2,8,8]", "model.levels_per_block=null", *extra]
+    )
+
+
+def test_base_model_samples_level_0(tiny):
+    """Level 0 is exactly what the base samples on its own (with the same seeds, guidance and
+    autoguidance); the finer levels read it as their context, so they change with the base."""
+    cfg, model = tiny
+    base_cfg = _level0_cfg(["model.cube=[1,2,2]"])  # its own tokens: any level-0 architecture
+    base, guide = perturbed_model(base_cfg, seed=3), perturbed_model(_level0_cfg(), seed=7)
+    kw = dict(num=2, seed=4, progress=False, guidance=[2.0, 1.0, 1.0])
+    own = Cascade(model, cfg).generate(**kw)
+    with_base = Cascade(model, cfg, base=base).generate(**kw)
+    alone = Cascade(base, base_cfg).generate(num=2, seed=4, progress=False, guidance=2.0)
+    torch.testing.assert_close(with_base.levels[0], alone.levels[0], atol=1e-6, rtol=0)
+    assert (with_base.levels[0] - own.levels[0]).abs().max() > 1e-2
+    assert (with_base.levels[1] - own.levels[1]).abs().max() > 1e-3
+    # autoguidance guides the base's level 0
+    c2 = load_config("tiny", ["sample.guide_scale=2"])
+    guided = Cascade(model, c2, guide=guide, base=base).generate(**kw)
+    guided_alone = Cascade(base, _level0_cfg(["model.cube=[1,2,2]", "sample.guide_scale=2"]), guide=guide)
+    ref = guided_alone.generate(num=2, seed=4, progress=False, guidance=2.0)
+    torch.testing.assert_close(guided.levels[0], ref.levels[0], atol=1e-6, rtol=0)
+    assert (guided.levels[0] - with_base.levels[0]).abs().max() > 1e-3
+    # the model as its own base: the same as no base
+    assert torch.equal(Cascade(model, cfg, base=model).generate(**kw).video, own.video)
+
+
+def test_base_model_checkpoint_and_errors(tiny, tmp_path):
+    """`sample.base` names a checkpoint (next to the model's first); a missing or incompatible one
+    is a clear error."""
+    from safetensors.torch import save_file
+
+    from hpdm.config import save_config
+    from hpdm.train import load_model
+
+    _, model = tiny
+
+    def write(folder, c, m):
+        folder.mkdir(parents=True)
+        save_config(c, folder / "config.yaml")
+        save_file(m.state_dict(), str(folder / "model.safetensors"))
+        (folder / "state.json").write_text("{}")
+
+    base_cfg = _level0_cfg(["sample.guide=elsewhere"])  # the base's own companions are ignored
+    write(tmp_path / "main", load_config("tiny", ["sample.base=base"]), model)
+    write(tmp_path / "main" / "base", base_cfg, perturbed_model(base_cfg, seed=3))
+    m, c = load_model(tmp_path / "main")
+    assert c.sample.base == str((tmp_path / "main" / "base").resolve())
+    cas = Cascade(m, c)
+    assert cas.base is not None and cas.base.num_levels == 1 and cas.guide is None
+    out = cas.generate(num=1, seed=0, progress=False)
+    assert out.settings["sample"]["base"] == c.sample.base
+    with pytest.raises(ConfigError, match="sample.base=.*no checkpoint there"):
+        load_model(tmp_path / "main", overrides=[f"sample.base={tmp_path / 'nope'}"])
+    wrong = _level0_cfg(["model.num_classes=3"])
+    write(tmp_path / "wrong", wrong, HPDM(wrong))
+    _, c_wrong = load_model(tmp_path / "main", overrides=[f"sample.base={tmp_path / 'wrong'}"])
+    with pytest.raises(ConfigError, match=r"cannot sample level 0 of this model: its model.num_classes=3"):
+        Cascade(m, c_wrong)

@@ -148,6 +148,11 @@ class SampleConfig:
     # on top of classifier-free guidance. A relative path is looked up next to the checkpoint first
     guide: str | None = None
     guide_scale: float = 2.0
+    # a separate level-0 model (not in the HPDM paper, where one network samples every level): a
+    # checkpoint whose level 0 has this model's patch, diffusion.sigma_data/sigma_in0 and condition
+    # samples level 0 instead of this model's own; the finer levels then read its level 0 as their
+    # context as usual. A relative path is looked up next to the checkpoint first
+    base: str | None = None
     guide_interval: list[float] | None = None  # autoguide only at σ in [lo, hi]; null = every step
     overlap: str = "spatial"  # none | spatial | full
     # tile stride in pixels on the axes `overlap` overlaps (one value, or [F, H, W]; the others

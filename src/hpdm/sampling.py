@@ -136,21 +136,34 @@ class Generation:
 class Cascade:
     """Coarse-to-fine tiled generation with a trained HPDM."""
 
-    def __init__(self, model: HPDM, cfg: Config, device=None, guide: HPDM | None = None):
+    def __init__(
+        self,
+        model: HPDM,
+        cfg: Config,
+        device=None,
+        guide: HPDM | None = None,
+        base: HPDM | None = None,
+    ):
         """`guide`: the weaker model for autoguidance at level 0; by default the checkpoint that
-        `cfg.sample.guide` names (none when null)."""
+        `cfg.sample.guide` names (none when null). `base`: a separate model that samples level 0;
+        by default the checkpoint that `cfg.sample.base` names (none when null: `model` does)."""
         self.model = model.eval()
         self.cfg = cfg
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.patch = tuple(cfg.pyramid.patch)
-        if guide is None and cfg.sample.guide:
+        self.guide = self._companion(guide, "guide")
+        self.base = self._companion(base, "base")
+
+    def _companion(self, net: HPDM | None, key: str) -> HPDM | None:
+        path = getattr(self.cfg.sample, key)
+        if net is None and path:
             from hpdm.train import load_model
 
-            guide, guide_cfg = load_model(
-                cfg.sample.guide, device=self.device, overrides=["sample.guide=null"]
+            net, net_cfg = load_model(
+                path, device=self.device, overrides=["sample.guide=null", "sample.base=null"]
             )
-            check_guide(cfg, guide_cfg)
-        self.guide = guide.eval() if guide is not None else None
+            check_companion(self.cfg, net_cfg, key)
+        return net.eval() if net is not None else None
 
     def plan(self, geo: PyramidGeometry, overlap: str, steps: int | None) -> list[LevelPlan]:
         s = self.cfg.sample
@@ -397,7 +410,8 @@ class Cascade:
             out, lat = self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt, prev)
             return out, lat, out
         n = x.shape[0]
-        null_lab = torch.full_like(lab, self.model.null_class()) if lab is not None else None
+        null = (self.base if lvl == 0 and self.base is not None else self.model).null_class()
+        null_lab = torch.full_like(lab, null) if lab is not None else None
         null_txt = torch.zeros_like(txt) if txt is not None else None
         dup = lambda t: torch.cat([t, t]) if t is not None else None  # noqa: E731
         both_lab = torch.cat([lab, null_lab]) if lab is not None else None
@@ -410,6 +424,12 @@ class Cascade:
         return uncond + guidance * (cond - uncond), lat, cond
 
     def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text, prev=None):
+        if lvl == 0 and self.base is not None:
+            sc = self.base.self_cond is not None
+            res = self.base.forward_level(
+                x, c_noise, off, size, 0, None, labels, text, prev=prev, return_latents=sc
+            )
+            return res if sc else (res, None)
         sc = self.model.self_cond is not None
         if lvl == 0 or context is not None:
             pixels = None
@@ -477,26 +497,26 @@ class Cascade:
         return out
 
 
-def check_guide(cfg: Config, guide_cfg: Config) -> None:
-    """A guide must denoise the same level-0 tiles in the same space, with the same condition."""
+def check_companion(cfg: Config, other: Config, key: str = "guide") -> None:
+    """A guide or base (`key`) must denoise the same level-0 tiles in the same space, with the
+    same condition."""
     problems = []
-    if tuple(guide_cfg.pyramid.patch) != tuple(cfg.pyramid.patch):
-        problems.append(f"patch {list(guide_cfg.pyramid.patch)} instead of {list(cfg.pyramid.patch)}")
-    for key in ("sigma_data", "sigma_in0"):
-        if getattr(guide_cfg.diffusion, key) != getattr(cfg.diffusion, key):
+    if tuple(other.pyramid.patch) != tuple(cfg.pyramid.patch):
+        problems.append(f"patch {list(other.pyramid.patch)} instead of {list(cfg.pyramid.patch)}")
+    for k in ("sigma_data", "sigma_in0"):
+        if getattr(other.diffusion, k) != getattr(cfg.diffusion, k):
             problems.append(
-                f"diffusion.{key}={getattr(guide_cfg.diffusion, key)} instead of {getattr(cfg.diffusion, key)}"
+                f"diffusion.{k}={getattr(other.diffusion, k)} instead of {getattr(cfg.diffusion, k)}"
             )
-    for key in ("num_classes", "text_dim"):
-        if getattr(guide_cfg.model, key) != getattr(cfg.model, key):
-            problems.append(
-                f"model.{key}={getattr(guide_cfg.model, key)} instead of {getattr(cfg.model, key)}"
-            )
+    for k in ("num_classes", "text_dim"):
+        if getattr(other.model, k) != getattr(cfg.model, k):
+            problems.append(f"model.{k}={getattr(other.model, k)} instead of {getattr(cfg.model, k)}")
     if problems:
+        role = "guide" if key == "guide" else "sample level 0 of"
         raise ConfigError(
-            f"sample.guide={cfg.sample.guide} cannot guide this model: its {'; '.join(problems)}. Train the "
-            "guide on the same data with the same pyramid.patch, diffusion.sigma_data/sigma_in0 and condition "
-            "(e.g. a smaller, shorter level-0 run: pyramid.num_levels=1 pyramid.target=PATCH)"
+            f"sample.{key}={getattr(cfg.sample, key)} cannot {role} this model: its {'; '.join(problems)}. "
+            f"Train the {key} on the same data with the same pyramid.patch, diffusion.sigma_data/sigma_in0 "
+            "and condition (e.g. a level-0 run: pyramid.num_levels=1 pyramid.target=PATCH)"
         )
 
 

@@ -110,8 +110,9 @@ def load_model(
             "sample.S_churn=0 or sample.cfg_interval=[2,80]); train a new run to change anything else"
         )
     cfg = load_config(ck / "config.yaml", overrides or [])
-    if cfg.sample.guide:
-        cfg.sample.guide = str(_guide_path(cfg.sample.guide, ck))
+    for key in ("guide", "base"):
+        if getattr(cfg.sample, key):
+            setattr(cfg.sample, key, str(_companion_path(getattr(cfg.sample, key), ck, key)))
     model = HPDM(cfg)
     name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
     state = load_file(str(ck / name))
@@ -119,15 +120,16 @@ def load_model(
     return model.to(device or "cpu").eval(), cfg
 
 
-def _guide_path(guide: str, ck: Path) -> Path:
-    """`sample.guide` as a path: next to the checkpoint first (a shipped model names its guide's
-    folder), then as given."""
-    for p in (ck / guide, Path(guide)):
+def _companion_path(path: str, ck: Path, key: str) -> Path:
+    """`sample.guide` or `sample.base` as a path: next to the checkpoint first (a shipped model
+    names its companions' folders), then as given."""
+    for p in (ck / path, Path(path)):
         if (p / "state.json").exists() and (p / "model.safetensors").exists() or list_checkpoints(p):
             return p.resolve()
+    role = "guiding" if key == "guide" else "level-0"
     raise ConfigError(
-        f"sample.guide={guide}: no checkpoint there (looked in {ck / guide} and {Path(guide).resolve()}); "
-        "give the run or checkpoint folder of the guiding model, or sample.guide=null to sample without it"
+        f"sample.{key}={path}: no checkpoint there (looked in {ck / path} and {Path(path).resolve()}); "
+        f"give the run or checkpoint folder of the {role} model, or sample.{key}=null to sample without it"
     )
 
 
