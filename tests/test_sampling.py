@@ -466,6 +466,18 @@ def test_base_model_samples_level_0(tiny):
     # the model as its own base: the same as no base
     assert torch.equal(Cascade(model, cfg, base=model).generate(**kw).video, own.video)
 
+    # `sample.base_interval`: the base only at σ in [lo, hi], the model at the other steps
+    def interval(iv):
+        c = load_config("tiny", [f"sample.base_interval={iv}"])
+        return Cascade(model, c, base=base).generate(**kw).levels[0]
+
+    assert torch.equal(interval("[0.0, 1000.0]"), with_base.levels[0])
+    assert torch.equal(interval("[0.0, 0.0]"), own.levels[0])
+    part = interval("[0.0, 1.0]")
+    assert (part - own.levels[0]).abs().max() > 1e-3 and (part - with_base.levels[0]).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="base_interval"):
+        load_config("tiny", ["sample.base_interval=[2.0, 1.0]"])
+
 
 def test_base_model_checkpoint_and_errors(tiny, tmp_path):
     """`sample.base` names a checkpoint (next to the model's first); a missing or incompatible one

@@ -153,6 +153,9 @@ class SampleConfig:
     # samples level 0 instead of this model's own; the finer levels then read its level 0 as their
     # context as usual. A relative path is looked up next to the checkpoint first
     base: str | None = None
+    # the base denoises level 0 only at σ in [lo, hi], this model at the other steps (experts by
+    # noise level, as in eDiff-I); null = every step
+    base_interval: list[float] | None = None
     guide_interval: list[float] | None = None  # autoguide only at σ in [lo, hi]; null = every step
     overlap: str = "spatial"  # none | spatial | full
     # tile stride in pixels on the axes `overlap` overlaps (one value, or [F, H, W]; the others
@@ -455,7 +458,7 @@ def validate(cfg: Config) -> None:
             f"diffusion.clean_context={d.clean_context} must be a probability in [0, 1] and "
             f"diffusion.clean_context_sigma={d.clean_context_sigma} a positive noise level (e.g. 0.05)"
         )
-    for key in ("cfg_interval", "guide_interval"):
+    for key in ("cfg_interval", "guide_interval", "base_interval"):
         iv = getattr(s, key)
         if iv is not None and (
             not isinstance(iv, list | tuple)
@@ -464,8 +467,8 @@ def validate(cfg: Config) -> None:
             or iv[0] > iv[1]
         ):
             raise ConfigError(
-                f"sample.{key}={iv}: give [lo, hi] with 0 <= lo <= hi (noise levels σ where guidance "
-                "applies, e.g. [0.3, 5.0]), or null to guide every step"
+                f"sample.{key}={iv}: give [lo, hi] with 0 <= lo <= hi (the noise levels σ where it "
+                "applies, e.g. [0.3, 5.0]), or null for every step"
             )
     if not (0 <= s.consistency <= 1 and math.isfinite(s.consistency_sigma) and s.consistency_sigma >= 0):
         raise ConfigError(

@@ -319,7 +319,8 @@ class Cascade:
         # denoiser call initialise its next call's
         latents: list[torch.Tensor | None] = [None] * len(starts)
 
-        interval, a_iv = s.cfg_interval, s.guide_interval
+        interval, a_iv, b_iv = s.cfg_interval, s.guide_interval, s.base_interval
+        last_net = [None]  # which network made `latents` (self-conditioning does not cross models)
         consistent, axes = None, None  # the finished coarser level, in this level's scaled space
         if lvl > 0 and s.consistency > 0:
             axes = [geo.level_sizes[lvl - 1][a] < geo.level_sizes[lvl][a] for a in range(3)]
@@ -328,6 +329,10 @@ class Cascade:
         def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
             guided = use_cfg and (interval is None or interval[0] <= sigma <= interval[1])
+            on_base = lvl == 0 and self.base is not None and (b_iv is None or b_iv[0] <= sigma <= b_iv[1])
+            if last_net[0] is not None and last_net[0] != on_base:
+                latents[:] = [None] * len(latents)
+            last_net[0] = on_base
             y_tiles = crop(y, tiles, self.patch, index.to(dev))
             out = torch.empty_like(y_tiles)
             for j, a in enumerate(starts):
@@ -352,6 +357,7 @@ class Cascade:
                     sl,
                     guidance if guided else None,
                     latents[j],
+                    on_base,
                 )
                 if auto is not None and (a_iv is None or a_iv[0] <= sigma <= a_iv[1]):
                     # D + (w - 1)(D_cond - D_guide): c_skip, c_out are shared
@@ -397,20 +403,21 @@ class Cascade:
         bar.close()
         return y
 
-    def _net(self, lvl, x, c_noise, off, size, coarse, context, labels, text, sl, guidance, prev):
+    def _net(self, lvl, x, c_noise, off, size, coarse, context, labels, text, sl, guidance, prev, base=False):
         """F(c_in·y) of a batch of level-`lvl` tiles, with classifier-free guidance when asked.
 
         Returns (F, latents, F_cond): the latents (None unless the model self-conditions) are fed
         back as `prev` at the next call; with guidance they stack the conditional and
         unconditional branches. F_cond is the conditional output alone (= F without guidance).
+        `base`: level 0 by the base model.
         """
         lab = labels[sl] if labels is not None else None
         txt = text[sl] if text is not None else None
         if guidance is None:
-            out, lat = self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt, prev)
+            out, lat = self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt, prev, base)
             return out, lat, out
         n = x.shape[0]
-        null = (self.base if lvl == 0 and self.base is not None else self.model).null_class()
+        null = (self.base if base else self.model).null_class()
         null_lab = torch.full_like(lab, null) if lab is not None else None
         null_txt = torch.zeros_like(txt) if txt is not None else None
         dup = lambda t: torch.cat([t, t]) if t is not None else None  # noqa: E731
@@ -418,13 +425,13 @@ class Cascade:
         both_txt = torch.cat([txt, null_txt]) if txt is not None else None
         coarse2 = [(dup(c[0]), c[1], dup(c[2]), dup(c[3])) for c in coarse]
         out, lat = self._call(
-            lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt, prev
+            lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt, prev, base
         )
         cond, uncond = out[:n], out[n:]
         return uncond + guidance * (cond - uncond), lat, cond
 
-    def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text, prev=None):
-        if lvl == 0 and self.base is not None:
+    def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text, prev=None, base=False):
+        if base:
             sc = self.base.self_cond is not None
             res = self.base.forward_level(
                 x, c_noise, off, size, 0, None, labels, text, prev=prev, return_latents=sc
