@@ -11,17 +11,21 @@ from hpdm.demo import demo_checkpoint
 
 def test_shipped_demo_checkpoint_is_small_and_documented():
     ck = demo_checkpoint()
-    size = sum(p.stat().st_size for p in ck.iterdir() if p.is_file())
-    assert size <= 20 * 2**20, size
     for name in ("model.safetensors", "config.yaml", "state.json", "README.md", "train_log.jsonl"):
         assert (ck / name).exists(), name
-    # the autoguidance guide ships beside it, and the whole asset stays small
-    size += sum(p.stat().st_size for p in (ck / "guide").iterdir() if p.is_file())
-    assert size <= 20 * 2**20, size
-    for name in ("model.safetensors", "config.yaml", "state.json", "train_log.jsonl"):
-        assert (ck / "guide" / name).exists(), name
-    assert "hpdm train demo-guide" in (ck / "README.md").read_text()
-    assert "hpdm train demo" in (ck / "README.md").read_text()
+    # the autoguidance guide and the level-0 model ship beside it, each with its log
+    for sub in ("guide", "base"):
+        for name in ("model.safetensors", "config.yaml", "state.json", "train_log.jsonl"):
+            assert (ck / sub / name).exists(), f"{sub}/{name}"
+    # the checkpoint (all three models' weights, configs and states) stays under 20 MB
+    files = [
+        ck / d / n for d in (".", "guide", "base") for n in ("model.safetensors", "config.yaml", "state.json")
+    ]
+    size = sum(p.stat().st_size for p in files)
+    assert size <= 20_000_000, size
+    text = (ck / "README.md").read_text()
+    for cmd in ("hpdm train demo-guide", "hpdm train demo-base", "hpdm train demo"):
+        assert cmd in text, cmd
 
 
 def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
@@ -48,9 +52,11 @@ def test_demo_train_retrains_from_scratch(tmp_path, capsys):
     ]
     args = ["demo", "--train", "--steps", "2", "--out", str(out), "--size", "8x32x32", "--sample-steps", "2"]
     assert main([*args, "--quiet", *small]) == 0
-    assert "trained the demo model and its guide" in capsys.readouterr().out
+    assert "trained the demo model, its level-0 model and its guide" in capsys.readouterr().out
     assert (out / "train" / "checkpoints" / "step_0000002" / "ema.safetensors").exists()
     assert (out / "guide" / "checkpoints" / "step_0000002" / "ema.safetensors").exists()
+    assert (out / "base" / "checkpoints" / "step_0000002" / "ema.safetensors").exists()
     assert len(list(out.glob("demo_*_*.mp4"))) >= 8
     settings = json.loads((out / "settings.json").read_text())
     assert settings["sample"]["guide"] == str((out / "guide").resolve())
+    assert settings["sample"]["base"] == str((out / "base").resolve())

@@ -85,19 +85,22 @@ def run_demo(
     t0 = time.perf_counter()
     if train:
         ov = list(overrides or []) + ([f"train.steps={steps}"] if steps else [])
-        # first the autoguidance guide (a small, short level-0 run: minutes), then the model
-        guide_ov = [o for o in ov if o.startswith(("data.", "train.")) and not o.startswith("train.out_dir")]
-        guide = Trainer(
-            load_config("demo-guide", guide_ov), out_dir=out / "guide", resume="auto", progress=not quiet
-        )
-        guide.train()
-        cfg = load_config("demo", [*ov, f"sample.guide={(out / 'guide').resolve()}"])
+        # first the two small level-0 runs, the autoguidance guide (minutes) and the level-0 model
+        # (`sample.base`), then the model: level 0 at high σ (the layout) and the finer levels
+        small_ov = [o for o in ov if o.startswith(("data.", "train.")) and not o.startswith("train.out_dir")]
+        for name in ("guide", "base"):
+            Trainer(
+                load_config(f"demo-{name}", small_ov), out_dir=out / name, resume="auto", progress=not quiet
+            ).train()
+        companions = [f"sample.{name}={(out / name).resolve()}" for name in ("guide", "base")]
+        companions.append("sample.base_interval=[0,2]")  # the model keeps the high σ (layout)
+        cfg = load_config("demo", [*ov, *companions])
         trainer = Trainer(cfg, out_dir=out / "train", resume="auto", progress=not quiet)
         trainer.train()
         ckpt = out / "train"
         print(
-            f"trained the demo model and its guide in {time.perf_counter() - t0:.0f} s: {ckpt / 'checkpoints'}, "
-            f"{out / 'guide' / 'checkpoints'}"
+            f"trained the demo model, its level-0 model and its guide in {time.perf_counter() - t0:.0f} s: "
+            f"{ckpt / 'checkpoints'}, {out / 'base' / 'checkpoints'}, {out / 'guide' / 'checkpoints'}"
         )
     else:
         ckpt = demo_checkpoint()
