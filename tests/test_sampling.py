@@ -384,27 +384,30 @@ def test_autoguidance_adds_the_guide_difference_at_level_0(tiny):
     torch.testing.assert_close(self_guided.video, cfg_only.video, atol=1e-5, rtol=1e-4)
 
 
-def test_autoguidance_checkpoint_and_errors(tiny, tmp_path):
-    """`sample.guide` names a checkpoint (relative paths next to the model's first); a missing or
-    incompatible guide and a negative scale are clear errors."""
+def _write_checkpoint(folder, c, m):
+    """A release-style checkpoint folder: config, weights and state."""
     from safetensors.torch import save_file
 
     from hpdm.config import save_config
+
+    folder.mkdir(parents=True)
+    save_config(c, folder / "config.yaml")
+    save_file(m.state_dict(), str(folder / "model.safetensors"))
+    (folder / "state.json").write_text("{}")
+
+
+def test_autoguidance_checkpoint_and_errors(tiny, tmp_path):
+    """`sample.guide` names a checkpoint (relative paths next to the model's first); a missing or
+    incompatible guide and a negative scale are clear errors."""
     from hpdm.train import load_model
 
     cfg, model = tiny
 
-    def write(folder, c, m):
-        folder.mkdir(parents=True)
-        save_config(c, folder / "config.yaml")
-        save_file(m.state_dict(), str(folder / "model.safetensors"))
-        (folder / "state.json").write_text("{}")
-
     guide_cfg = load_config(
         "tiny", ["pyramid.num_levels=1", "pyramid.target=[2,8,8]", "model.levels_per_block=null"]
     )
-    write(tmp_path / "main", load_config("tiny", ["sample.guide=guide"]), model)
-    write(tmp_path / "main" / "guide", guide_cfg, perturbed_model(guide_cfg, seed=7))
+    _write_checkpoint(tmp_path / "main", load_config("tiny", ["sample.guide=guide"]), model)
+    _write_checkpoint(tmp_path / "main" / "guide", guide_cfg, perturbed_model(guide_cfg, seed=7))
     m, c = load_model(tmp_path / "main")
     assert c.sample.guide == str((tmp_path / "main" / "guide").resolve())
     cas = Cascade(m, c)
@@ -425,7 +428,7 @@ def test_autoguidance_checkpoint_and_errors(tiny, tmp_path):
             "model.levels_per_block=null",
         ],
     )
-    write(tmp_path / "wrong", wrong, HPDM(wrong))
+    _write_checkpoint(tmp_path / "wrong", wrong, HPDM(wrong))
     _, c_wrong = load_model(tmp_path / "main", overrides=[f"sample.guide={tmp_path / 'wrong'}"])
     with pytest.raises(ConfigError, match=r"cannot guide this model: its patch \[2, 16, 16\]"):
         Cascade(m, c_wrong)
@@ -482,22 +485,13 @@ def test_base_model_samples_level_0(tiny):
 def test_base_model_checkpoint_and_errors(tiny, tmp_path):
     """`sample.base` names a checkpoint (next to the model's first); a missing or incompatible one
     is a clear error."""
-    from safetensors.torch import save_file
-
-    from hpdm.config import save_config
     from hpdm.train import load_model
 
     _, model = tiny
 
-    def write(folder, c, m):
-        folder.mkdir(parents=True)
-        save_config(c, folder / "config.yaml")
-        save_file(m.state_dict(), str(folder / "model.safetensors"))
-        (folder / "state.json").write_text("{}")
-
     base_cfg = _level0_cfg(["sample.guide=elsewhere"])  # the base's own companions are ignored
-    write(tmp_path / "main", load_config("tiny", ["sample.base=base"]), model)
-    write(tmp_path / "main" / "base", base_cfg, perturbed_model(base_cfg, seed=3))
+    _write_checkpoint(tmp_path / "main", load_config("tiny", ["sample.base=base"]), model)
+    _write_checkpoint(tmp_path / "main" / "base", base_cfg, perturbed_model(base_cfg, seed=3))
     m, c = load_model(tmp_path / "main")
     assert c.sample.base == str((tmp_path / "main" / "base").resolve())
     cas = Cascade(m, c)
@@ -507,7 +501,7 @@ def test_base_model_checkpoint_and_errors(tiny, tmp_path):
     with pytest.raises(ConfigError, match="sample.base=.*no checkpoint there"):
         load_model(tmp_path / "main", overrides=[f"sample.base={tmp_path / 'nope'}"])
     wrong = _level0_cfg(["model.num_classes=3"])
-    write(tmp_path / "wrong", wrong, HPDM(wrong))
+    _write_checkpoint(tmp_path / "wrong", wrong, HPDM(wrong))
     _, c_wrong = load_model(tmp_path / "main", overrides=[f"sample.base={tmp_path / 'wrong'}"])
     with pytest.raises(ConfigError, match=r"cannot sample level 0 of this model: its model.num_classes=3"):
         Cascade(m, c_wrong)
