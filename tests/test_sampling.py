@@ -207,6 +207,27 @@ def test_same_seed_same_video_different_seed_differs(tiny):
     torch.testing.assert_close(one.video[0], a.video[0], atol=1e-5, rtol=1e-4)
 
 
+def test_given_coarse_levels_are_kept_and_condition_the_finer_ones(tiny):
+    cfg, model = tiny
+    c = Cascade(model, cfg)
+    ref = c.generate(num=2, seed=3, progress=False)
+    low = ref.levels[0]
+    other = torch.flip(low, dims=[-1])
+    a = c.generate(num=2, seed=3, given=[low], progress=False)
+    b = c.generate(num=2, seed=3, given=[low], progress=False)
+    d = c.generate(num=2, seed=3, given=[other], progress=False)
+    torch.testing.assert_close(a.levels[0], low, atol=1e-6, rtol=0)  # kept as given
+    assert torch.equal(a.video, b.video)  # deterministic
+    assert (a.video - d.video).abs().mean() > 1e-4  # the finer levels read the given level
+    assert a.settings["given_levels"] == 1 and ref.settings["given_levels"] == 0
+    two = c.generate(num=2, seed=3, given=a.levels[:2], progress=False)
+    torch.testing.assert_close(two.levels[1], a.levels[1], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="given level 0 has shape"):
+        c.generate(num=1, seed=3, given=[low], progress=False)
+    with pytest.raises(ValueError, match="leave at least one to sample"):
+        c.generate(num=2, seed=3, given=a.levels, progress=False)
+
+
 def test_any_size_wider_than_training(tiny):
     cfg, model = tiny
     gen = Cascade(model, cfg).generate(num=1, size=(4, 32, 64), seed=0, progress=False)

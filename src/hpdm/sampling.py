@@ -191,8 +191,12 @@ class Cascade:
         guidance: float | list[float] | None = None,
         cache: str | None = None,
         progress: bool = True,
+        given: list[torch.Tensor] | None = None,
     ) -> Generation:
-        """`guidance`: classifier-free guidance scale (1 = off), or one per level."""
+        """`guidance`: classifier-free guidance scale (1 = off), or one per level. `given`: the
+        coarsest levels, already made (each (num, 3, *V^ℓ) in [-1, 1], e.g. a real video
+        made with `hpdm.pyramid.level_videos`): they are kept as they are and only the
+        finer levels are sampled, as a super-resolution of them."""
         s = self.cfg.sample
         overlap = overlap or s.overlap
         guidance = s.cfg if guidance is None else guidance
@@ -203,6 +207,18 @@ class Cascade:
         if text is not None:
             text = text.to(self.device)
         plans = self.plan(geo, overlap, steps)
+        given = list(given or [])
+        if len(given) >= len(plans):
+            raise ValueError(
+                f"got {len(given)} given levels for {len(plans)} levels; leave at least one to sample"
+            )
+        for lvl, x in enumerate(given):
+            want = (num, 3, *geo.level_sizes[lvl])
+            if tuple(x.shape) != want:
+                raise ValueError(
+                    f"given level {lvl} has shape {tuple(x.shape)}; this generation needs {want} "
+                    f"(num, channels, frames, height, width) in [-1, 1]"
+                )
         if isinstance(guidance, list | tuple):
             if len(guidance) != len(plans):
                 raise ValueError(
@@ -216,9 +232,12 @@ class Cascade:
         finished: list[torch.Tensor] = []  # scaled-space (y) canvases of finished levels
         ctx_levels: list[torch.Tensor] = []  # the same at the context noise level
         for plan, scale in zip(plans, scales):
-            y = self._sample_level(
-                plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens, scale, cache, progress
-            )
+            if plan.level < len(given):
+                y = given[plan.level].to(self.device, torch.float32) / float(diffusion.sigma_in[plan.level])
+            else:
+                y = self._sample_level(
+                    plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens, scale, cache, progress
+                )
             finished.append(y)
             sig_c = max(s.context_sigma, 1e-3)
             eps = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(self.device)
@@ -231,6 +250,7 @@ class Cascade:
             "overlap": overlap,
             "guidance": list(guidance) if isinstance(guidance, list | tuple) else guidance,
             "cache": cache,
+            "given_levels": len(given),
             "labels": labels_t.tolist() if labels_t is not None else None,
             "levels": [
                 {
