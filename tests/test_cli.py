@@ -83,6 +83,28 @@ def test_sample_cli_wider_and_errors(tiny_run, tmp_path, capsys):
     assert "no checkpoint found" in capsys.readouterr().err
 
 
+def test_sample_cli_upsamples_given_videos(tiny_run, tmp_path, capsys):
+    """`--upsample` keeps each video's level 0 (its frames area-resized) and samples the rest."""
+    rng = np.random.default_rng(0)
+    low = tmp_path / "low.mp4"
+    write_video(low, rng.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8))
+    write_video(tmp_path / "flat.mp4", np.full((4, 8, 8, 3), 200, dtype=np.uint8))
+    out = tmp_path / "up"
+    args = ["sample", "--ckpt", str(tiny_run), "--quiet", "--levels", "--out", str(out)]
+    assert main([*args, "--upsample", str(low), str(tmp_path / "flat.mp4")]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["num"] == 2 and settings["given_levels"] == 1 and len(settings["upsample"]) == 2
+    assert read_video(out / "video_001.mp4").shape == (4, 32, 32, 3)
+    flat = read_video(out / "video_001_level0.mp4").astype(float)
+    assert abs(flat.mean() - 200) < 6  # the given level 0, through the codec
+    capsys.readouterr()
+    assert main([*args, "--upsample", str(tmp_path / "missing.mp4")]) == 2
+    assert "no such video file" in capsys.readouterr().err
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    assert main([*args, "--upsample", str(tmp_path / "bad.mp4")]) == 2
+    assert "bad.mp4" in capsys.readouterr().err
+
+
 def test_sample_cli_takes_sampling_overrides_only(tiny_run, tmp_path, capsys):
     """`sample.key=value` after the options changes generation and is recorded; a model setting
     is refused, since it would not describe the saved weights."""

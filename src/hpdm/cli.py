@@ -112,11 +112,18 @@ def save_outputs(
 def cmd_sample(a: argparse.Namespace) -> int:
     import torch
 
-    from hpdm.sampling import Cascade
+    from hpdm.sampling import Cascade, coarse_from_videos
     from hpdm.train import load_model, pick_device
 
     device = pick_device(a.device)
     model, cfg = load_model(a.ckpt, ema=not a.no_ema, device=device, overrides=a.overrides)
+    given = None
+    if a.upsample:
+        for f in a.upsample:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"--upsample: no such video file: {f}")
+        given = [coarse_from_videos(a.upsample, cfg, a.size)]
+        a.num = len(a.upsample)
     text = None
     if a.prompt is not None:
         from hpdm.text import encode_prompts
@@ -137,10 +144,12 @@ def cmd_sample(a: argparse.Namespace) -> int:
         overlap=a.overlap,
         cache=a.cache,
         progress=not a.quiet,
+        given=given,
     )
     gen.settings.update(
         {
             "ckpt": str(a.ckpt),
+            "upsample": a.upsample,
             "ema": not a.no_ema,
             "prompt": a.prompt,
             "seconds": round(time.perf_counter() - t0, 2),
@@ -266,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples")
     p.add_argument("--levels", action="store_true", help="also write the coarse levels")
+    p.add_argument(
+        "--upsample",
+        nargs="+",
+        default=None,
+        metavar="VIDEO",
+        help="super-resolve these videos: each one's first F frames, resized to level 0, are kept "
+        "and only the finer levels are sampled (one output per video; --num is ignored)",
+    )
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")

@@ -524,6 +524,22 @@ class Cascade:
         return out
 
 
+def coarse_from_videos(paths, cfg: Config, size: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Level 0 of a generation at `size` from video files, to super-resolve them with
+    `Cascade.generate(given=[...])`: the first F frames of each (F: the output's frame count) are
+    area-resized to level 0's size, (len(paths), 3, *V^0) in [-1, 1]. Raises a `VideoReadError`
+    naming a file that cannot be decoded."""
+    from hpdm.data.video import read_video
+
+    geo = output_geometry(cfg, size)
+    out = []
+    for p in paths:
+        frames = torch.from_numpy(read_video(p, max_frames=geo.target[0])).permute(3, 0, 1, 2)
+        x = frames[None].float() / 127.5 - 1.0  # (1, 3, F, H, W)
+        out.append(F.interpolate(x, size=geo.level_sizes[0], mode="area"))
+    return torch.cat(out).clamp(-1, 1)
+
+
 def check_companion(cfg: Config, other: Config, key: str = "guide") -> None:
     """A guide or base (`key`) must denoise the same level-0 tiles in the same space, with the
     same condition."""
