@@ -282,6 +282,52 @@ def test_pyramid_consistency_pulls_each_level_towards_the_coarser_one(tiny):
             load_config("tiny", bad)
 
 
+def test_start_sigma_starts_finer_levels_from_the_upsampled_coarser_one(tiny):
+    import torch.nn.functional as F
+
+    cfg, model = tiny
+
+    def gap(gen):  # mean |level l - trilinear up(level l-1)| over the finer levels
+        return [
+            float(
+                (
+                    gen.levels[lvl]
+                    - F.interpolate(
+                        gen.levels[lvl - 1],
+                        size=gen.levels[lvl].shape[-3:],
+                        mode="trilinear",
+                        align_corners=False,
+                    )
+                )
+                .abs()
+                .mean()
+            )
+            for lvl in range(1, len(gen.levels))
+        ]
+
+    # a given level 0 inside [-1, 1], so that clamping the outputs does not enter the comparison
+    low = [0.5 * torch.tanh(torch.randn(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0)))]
+
+    def run(*over):
+        return Cascade(model, load_config("tiny", list(over))).generate(
+            num=2, seed=3, given=low, progress=False
+        )
+
+    off = run()
+    # just above sigma_min almost nothing is left to denoise: each finer level is its coarser one, upsampled
+    near = run("sample.start_sigma=0.003")
+    assert max(gap(near)) < 0.03 and min(gap(off)) > 0.1
+    mid = run("sample.start_sigma=1.0")
+    assert max(gap(near)) < min(gap(mid)) and (mid.video - off.video).abs().mean() > 1e-3
+    full = Cascade(model, load_config("tiny", ["sample.start_sigma=1.0"])).generate(
+        num=2, seed=3, progress=False
+    )
+    assert torch.equal(full.levels[0], Cascade(model, cfg).generate(num=2, seed=3, progress=False).levels[0])
+    for bad in (["sample.start_sigma=-1"], ["sample.start_sigma=100"], ["sample.start_sigma=0.001"]):
+        with pytest.raises(ConfigError, match="sample.start_sigma"):
+            load_config("tiny", bad)
+
+
 def test_impossible_size_lists_valid_ones(tiny):
     cfg, model = tiny
     with pytest.raises(ConfigError, match=r"valid sizes near it: 4x32x64"):

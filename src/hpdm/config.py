@@ -173,6 +173,11 @@ class SampleConfig:
     # pyramid; up: trilinear), at the steps with σ >= consistency_sigma. 0 = off
     consistency: float = 0.0
     consistency_sigma: float = 0.0
+    # truncated start at levels >= 1 (not in the HPDM paper; SDEdit, Meng et al. 2022): a finer
+    # level starts from the finished coarser level, upsampled (trilinear) into its scaled space,
+    # plus noise of this σ, and its steps follow the Karras schedule from this σ instead of
+    # sigma_max, so they fall where the finer levels were trained. 0 = off (pure noise at sigma_max)
+    start_sigma: float = 0.0
     cache: str = "context"  # context | none
     cache_budget_mb: int = 2048
     fps: int = 8
@@ -474,6 +479,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"sample.consistency={s.consistency}, sample.consistency_sigma={s.consistency_sigma}: give a "
             "strength in [0, 1] (0 = off, 1 = the full correction) and a noise level >= 0 (0 = every step)"
+        )
+    if not (math.isfinite(s.start_sigma) and 0 <= s.start_sigma <= s.sigma_max):
+        raise ConfigError(
+            f"sample.start_sigma={s.start_sigma}: give 0 (off: finer levels start from noise at "
+            f"sigma_max) or a noise level in (0, sigma_max={s.sigma_max}], e.g. 2.0"
+        )
+    if s.start_sigma and s.start_sigma <= s.sigma_min:
+        raise ConfigError(
+            f"sample.start_sigma={s.start_sigma} must be above sample.sigma_min={s.sigma_min}, or 0 (off)"
         )
     if not math.isfinite(s.guide_scale) or s.guide_scale < 0:
         raise ConfigError(
