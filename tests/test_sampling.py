@@ -317,13 +317,16 @@ def test_start_sigma_starts_finer_levels_from_the_upsampled_coarser_one(tiny):
     # just above sigma_min almost nothing is left to denoise: each finer level is its coarser one, upsampled
     near = run("sample.start_sigma=0.003")
     assert max(gap(near)) < 0.03 and min(gap(off)) > 0.1
+    one = run("sample.start_sigma=[0,0.003,0]")  # per level: level 1 only
+    assert gap(one)[0] < 0.03 and gap(one)[1] > 0.1
     mid = run("sample.start_sigma=1.0")
     assert max(gap(near)) < min(gap(mid)) and (mid.video - off.video).abs().mean() > 1e-3
     full = Cascade(model, load_config("tiny", ["sample.start_sigma=1.0"])).generate(
         num=2, seed=3, progress=False
     )
     assert torch.equal(full.levels[0], Cascade(model, cfg).generate(num=2, seed=3, progress=False).levels[0])
-    for bad in (["sample.start_sigma=-1"], ["sample.start_sigma=100"], ["sample.start_sigma=0.001"]):
+    bads = ["-1", "100", "0.001", "[0.5,0.5,0]", "[0,0.5]"]
+    for bad in (["sample.start_sigma=" + b] for b in bads):
         with pytest.raises(ConfigError, match="sample.start_sigma"):
             load_config("tiny", bad)
 

@@ -176,8 +176,9 @@ class SampleConfig:
     # truncated start at levels >= 1 (not in the HPDM paper; SDEdit, Meng et al. 2022): a finer
     # level starts from the finished coarser level, upsampled (trilinear) into its scaled space,
     # plus noise of this σ, and its steps follow the Karras schedule from this σ instead of
-    # sigma_max, so they fall where the finer levels were trained. 0 = off (pure noise at sigma_max)
-    start_sigma: float = 0.0
+    # sigma_max, so they fall where the finer levels were trained. 0 = off (pure noise at sigma_max);
+    # a list gives one per level (0 at level 0)
+    start_sigma: float | list[float] = 0.0
     cache: str = "context"  # context | none
     cache_budget_mb: int = 2048
     fps: int = 8
@@ -480,14 +481,19 @@ def validate(cfg: Config) -> None:
             f"sample.consistency={s.consistency}, sample.consistency_sigma={s.consistency_sigma}: give a "
             "strength in [0, 1] (0 = off, 1 = the full correction) and a noise level >= 0 (0 = every step)"
         )
-    if not (math.isfinite(s.start_sigma) and 0 <= s.start_sigma <= s.sigma_max):
+    starts = (
+        s.start_sigma if isinstance(s.start_sigma, list) else [0.0] + [s.start_sigma] * (p.num_levels - 1)
+    )
+    if (
+        len(starts) != p.num_levels
+        or starts[0] != 0
+        or not all(math.isfinite(v) and (v == 0 or s.sigma_min < v <= s.sigma_max) for v in starts)
+    ):
         raise ConfigError(
-            f"sample.start_sigma={s.start_sigma}: give 0 (off: finer levels start from noise at "
-            f"sigma_max) or a noise level in (0, sigma_max={s.sigma_max}], e.g. 2.0"
-        )
-    if s.start_sigma and s.start_sigma <= s.sigma_min:
-        raise ConfigError(
-            f"sample.start_sigma={s.start_sigma} must be above sample.sigma_min={s.sigma_min}, or 0 (off)"
+            f"sample.start_sigma={s.start_sigma}: give 0 (off: finer levels start from noise at sigma_max), "
+            f"a noise level in (sigma_min={s.sigma_min}, sigma_max={s.sigma_max}] for every finer level, "
+            f"e.g. 0.5, or one per level with 0 at level 0 ({p.num_levels} values, e.g. "
+            f"{[0.0, 0.5] + [0.0] * (p.num_levels - 2)})"
         )
     if not math.isfinite(s.guide_scale) or s.guide_scale < 0:
         raise ConfigError(

@@ -394,13 +394,14 @@ class Cascade:
                 canvas = canvas + s.consistency * up
             return canvas
 
-        truncated = lvl > 0 and s.start_sigma > 0
-        sigmas = karras_sigmas(plan.steps, s.sigma_min, s.start_sigma if truncated else s.sigma_max, s.rho)
+        start = (s.start_sigma[lvl] if isinstance(s.start_sigma, list) else s.start_sigma) if lvl > 0 else 0.0
+        truncated = start > 0
+        sigmas = karras_sigmas(plan.steps, s.sigma_min, start if truncated else s.sigma_max, s.rho)
         noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
         if truncated:  # SDEdit: start from the coarser level, upsampled, noised to start_sigma
             prev = finished[lvl - 1] * float(diffusion.sigma_in[lvl - 1] / diffusion.sigma_in[lvl])
             up = F.interpolate(prev, size=plan.canvas, mode="trilinear", align_corners=False)
-            noise = noise + up / s.start_sigma  # edm_sampler starts from noise * σ_0
+            noise = noise + up / start  # edm_sampler starts from noise * σ_0
         evals = plan.steps * (2 if plan.heun else 1) - (1 if plan.heun else 0)
         bar = tqdm(
             total=plan.steps,
