@@ -43,7 +43,8 @@ GPU="$GPU diffusion.P_std=[1.0,1.2,1.2] diffusion.level_weight=[2,1,1]"
 hpdm train demo train.lr=1.0e-3 train.steps=1254 $PX $GPU --init runs/demo_mid2 --out runs/demo_gpu1 --resume auto
 hpdm train demo train.lr=1.0e-3 train.steps=1356 $PX $GPU --init runs/demo_gpu1 --out runs/demo_gpu2 --resume auto
 hpdm export --ckpt runs/demo_gpu2 --out src/hpdm/assets/demo --half data.num_workers=0 sample.guide=guide \
-  sample.guide_scale=1.5 sample.overlap=full sample.tile_stride=[5,18,18] sample.base=base sample.base_interval=[0,2]
+  sample.guide_scale=1.5 sample.overlap=full sample.tile_stride=[5,18,18] sample.base=base sample.base_interval=[0,2] \
+  sample.start_sigma=[0,0.5,0]
 # the autoguidance guide (level 0 alone, 3 blocks, 2,000 steps: minutes on a CPU)
 hpdm train demo-guide --out runs/demo-guide --resume auto
 hpdm export --ckpt runs/demo-guide --out src/hpdm/assets/demo/guide --half
