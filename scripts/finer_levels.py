@@ -7,6 +7,10 @@ not level 0's. Compare with `hpdm eval report` (the whole cascade) to see which 
 
     python scripts/finer_levels.py src/hpdm/assets/demo
     python scripts/finer_levels.py --num 64 --set sample.overlap=spatial src/hpdm/assets/demo
+    python scripts/finer_levels.py --figure docs/images/from_real_level0.jpg src/hpdm/assets/demo
+
+`--figure PATH` instead draws the first 8 clips: two frames of the real clip, then the same two
+frames sampled from its level 0.
 
 About 2 minutes per 32 clips of the demo model on 2 cores.
 """
@@ -42,10 +46,31 @@ def finer_level_scores(ckpt: str, num: int = 64, overrides=(), batch: int = 16) 
     return rows
 
 
+def figure(ckpt: str, path: str, num: int = 8, overrides=()) -> None:
+    from hpdm.data.shapes import SHAPES_CLASSES, render_shapes
+    from hpdm.data.video import contact_sheet
+    from hpdm.sampling import Cascade
+
+    model, cfg, _, x0, labels = level0_clips(ckpt, num, overrides=overrides)
+    real, _, _ = render_shapes(
+        torch.arange(50_000, 50_000 + num), *cfg.pyramid.target, size_range=cfg.data.shape_size
+    )
+    gen = Cascade(model, cfg).generate(num=num, labels=labels.tolist(), seed=1, given=[x0], progress=False)
+    f = real.shape[2]
+    pick = [f // 4, 3 * f // 4]
+    rows = torch.cat([real[:, :, pick], gen.video[:, :, pick]], dim=2)  # real | sampled, 2 frames each
+    names = [f"{SHAPES_CLASSES[int(k)]}: real | sampled" for k in labels]
+    contact_sheet(list(rows), max_frames=4, labels=names).convert("RGB").save(path, quality=85)
+    print(f"wrote {path}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ckpt", nargs="+")
     ap.add_argument("--num", type=int, default=64, help="held-out clips (default 64)")
+    ap.add_argument(
+        "--figure", default=None, metavar="PATH", help="draw the first 8 clips instead of scoring"
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -56,6 +81,9 @@ if __name__ == "__main__":
     a = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for ck in a.ckpt:
+        if a.figure:
+            figure(ck, a.figure, overrides=a.set)
+            continue
         rows = finer_level_scores(ck, a.num, a.set)
         cols = "  |  ".join(
             f"level {i}{' (real)' if i == 0 else ''}: "
