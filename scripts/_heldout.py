@@ -21,3 +21,14 @@ def level0_clips(ckpt: str, num: int, first: int = 50_000, overrides=()):
     )
     factor = [t // p for t, p in zip(geo.target, geo.patch)]
     return model, cfg, diff, F.avg_pool3d(video, factor), labels
+
+
+def add_set_option(ap, what: str = "sampling") -> None:
+    """The repeatable `--set sample.KEY=VALUE` option the diagnostic scripts share."""
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="sample.KEY=VALUE",
+        help=f"config override for {what}, e.g. --set sample.guide=null (repeatable)",
+    )

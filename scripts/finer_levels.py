@@ -18,7 +18,7 @@ About 2 minutes per 32 clips of the demo model on 2 cores.
 import argparse
 
 import torch
-from _heldout import level0_clips
+from _heldout import add_set_option, level0_clips
 
 
 def finer_level_scores(ckpt: str, num: int = 64, overrides=(), batch: int = 16) -> list[dict[str, float]]:
@@ -71,13 +71,7 @@ if __name__ == "__main__":
     ap.add_argument(
         "--figure", default=None, metavar="PATH", help="draw the first 8 clips instead of scoring"
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for sampling, e.g. --set sample.context_sigma=0.1 (repeatable)",
-    )
+    add_set_option(ap)
     a = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for ck in a.ckpt:

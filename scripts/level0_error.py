@@ -26,7 +26,7 @@ falls towards that of unconditional samples as S grows past where the model stop
 import argparse
 
 import torch
-from _heldout import level0_clips
+from _heldout import add_set_option, level0_clips
 
 
 def level0_errors(ckpt: str, sigmas=(0.1, 0.3, 1.0, 3.0), num: int = 128) -> dict[float, float]:
@@ -124,13 +124,7 @@ if __name__ == "__main__":
         default="",
         help="comma-separated σ: shape accuracy of real clips noised to σ and sampled back",
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="sample.KEY=VALUE",
-        help="sampling setting for --samples and --retention, e.g. --set sample.guide=null (repeatable)",
-    )
+    add_set_option(ap, "--samples and --retention")
     a = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for ck in a.ckpt:
