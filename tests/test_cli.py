@@ -114,7 +114,19 @@ def test_sample_cli_takes_sampling_overrides_only(tiny_run, tmp_path, capsys):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["sample"]["S_churn"] == 0 and settings["sample"]["cfg_interval"] == [0.5, 5]
     assert [lv["steps"] for lv in settings["levels"]] == [6, 3, 2]
+    # one count per level, as an override or as --steps, is used as given (no halving)
+    assert main([*args, "sample.steps=[5,3,3]"]) == 0
+    assert [lv["steps"] for lv in json.loads((out / "settings.json").read_text())["levels"]] == [5, 3, 3]
+    assert main([*args, "--steps", "2,4,1"]) == 0
+    assert [lv["steps"] for lv in json.loads((out / "settings.json").read_text())["levels"]] == [2, 4, 1]
     capsys.readouterr()
+    assert main([*args, "--steps", "6,3"]) == 2
+    assert "one per level (3 values" in capsys.readouterr().err
+    assert main([*args, "sample.steps=[6,0,2]"]) == 2
+    assert "sample.steps=[6, 0, 2]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--steps", "six"])
+    assert "e.g. 32 or 64,16,8" in capsys.readouterr().err
     assert main([*args, "model.dim=8"]) == 2
     assert "only sampling overrides" in capsys.readouterr().err
 

@@ -29,6 +29,17 @@ def guidance_arg(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+def steps_arg(text: str) -> int | list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"steps '{text}' is not a whole number (level 0's, halved per finer level) or a "
+            "comma-separated list (one per level), e.g. 32 or 64,16,8"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="preset name (tiny, demo, ucf101-s, ...) or a YAML file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.num_blocks=4")
@@ -263,7 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--prompt", default=None, help="text prompt (text-to-video models)")
     p.add_argument("--size", type=_size, default=None, help="output FxHxW (default: the training target)")
-    p.add_argument("--steps", type=int, default=None, help="level-0 steps (halved per finer level)")
+    p.add_argument(
+        "--steps",
+        type=steps_arg,
+        default=None,
+        help="level-0 steps (halved per finer level), or one per level, e.g. 64,16,8",
+    )
     p.add_argument("--overlap", choices=["none", "spatial", "full"], default=None)
     p.add_argument(
         "--cfg",
@@ -299,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-per-class", type=int, default=1)
     p.add_argument("--size", type=_size, default=None)
-    p.add_argument("--sample-steps", type=int, default=None)
+    p.add_argument("--sample-steps", type=steps_arg, default=None, help="as `hpdm sample --steps`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", help="config overrides for --train")

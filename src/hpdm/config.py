@@ -127,7 +127,9 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    steps: int = 32  # level-0 steps; halved per finer level when halve_steps
+    # level-0 steps, halved per finer level when halve_steps (never below min_steps); or a list,
+    # one count per level, e.g. [64, 16, 8] (halve_steps and min_steps then do not apply)
+    steps: int | list[int] = 32
     halve_steps: bool = True
     min_steps: int = 4
     sampler0: str = "heun"  # heun | euler for level 0
@@ -182,6 +184,19 @@ class SampleConfig:
     cache: str = "context"  # context | none
     cache_budget_mb: int = 2048
     fps: int = 8
+
+
+def check_steps(steps, num_levels: int, name: str = "steps") -> None:
+    """Sampling steps: a positive whole number (level 0's), or one per level."""
+    per = steps if isinstance(steps, list | tuple) else [steps]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in per) or (
+        isinstance(steps, list | tuple) and len(steps) != num_levels
+    ):
+        raise ConfigError(
+            f"{name}={steps}: give a positive whole number of level-0 steps (halved per finer level), "
+            f"e.g. 32, or one per level ({num_levels} values, coarse to fine), e.g. "
+            f"{[64 >> min(lvl, 2) for lvl in range(num_levels)]}"
+        )
 
 
 def _check_tile_stride(s: SampleConfig, patch) -> None:
@@ -500,8 +515,9 @@ def validate(cfg: Config) -> None:
             f"sample.guide_scale={s.guide_scale}: give a number >= 0 (1 = the guide has no effect; ~2 "
             "is typical)"
         )
-    if s.steps <= 0 or not 0 < s.sigma_min < s.sigma_max:
-        raise ConfigError("sample: steps must be positive and 0 < sigma_min < sigma_max")
+    check_steps(s.steps, p.num_levels, "sample.steps")
+    if s.min_steps <= 0 or not 0 < s.sigma_min < s.sigma_max:
+        raise ConfigError("sample: min_steps must be positive and 0 < sigma_min < sigma_max")
     _choice(cfg.data.short_video, ("loop", "pad", "skip"), "data.short_video")
     _choice(cfg.data.render, ("auto", "cpu", "device"), "data.render")
     sz = cfg.data.shape_size

@@ -72,7 +72,7 @@ def run_demo(
     size: tuple[int, int, int] | None = None,
     seed: int = 0,
     quiet: bool = False,
-    sample_steps: int | None = None,
+    sample_steps: int | list[int] | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
     import torch

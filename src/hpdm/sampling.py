@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hpdm.config import Config, ConfigError, SampleConfig
+from hpdm.config import Config, ConfigError, SampleConfig, check_steps
 from hpdm.diffusion import Diffusion, edm_coefficients
 from hpdm.model.hpdm import HPDM
 from hpdm.pyramid import (
@@ -81,9 +81,12 @@ def edm_sampler(
     return x.float()
 
 
-def level_steps(s: SampleConfig, level: int, steps: int | None = None) -> int:
-    """N at level 0, halved per finer level by default (paper: 128/64/32)."""
+def level_steps(s: SampleConfig, level: int, steps: int | list[int] | None = None) -> int:
+    """N at level 0, halved per finer level by default (paper: 128/64/32); a list gives one per
+    level as it is. `steps` (when given) overrides `s.steps`."""
     n = steps or s.steps
+    if isinstance(n, list | tuple):
+        return n[level]
     return max(s.min_steps, n >> level) if s.halve_steps else n
 
 
@@ -165,8 +168,10 @@ class Cascade:
             check_companion(self.cfg, net_cfg, key)
         return net.eval() if net is not None else None
 
-    def plan(self, geo: PyramidGeometry, overlap: str, steps: int | None) -> list[LevelPlan]:
+    def plan(self, geo: PyramidGeometry, overlap: str, steps: int | list[int] | None) -> list[LevelPlan]:
         s = self.cfg.sample
+        if steps is not None:
+            check_steps(steps, geo.num_levels)
         return [
             LevelPlan(
                 level=lvl,
@@ -186,7 +191,7 @@ class Cascade:
         text: torch.Tensor | None = None,
         size: tuple[int, int, int] | None = None,
         seed: int = 0,
-        steps: int | None = None,
+        steps: int | list[int] | None = None,
         overlap: str | None = None,
         guidance: float | list[float] | None = None,
         cache: str | None = None,

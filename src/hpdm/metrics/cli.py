@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    from hpdm.cli import guidance_arg
+    from hpdm.cli import guidance_arg, steps_arg
 
     p = sub.add_parser("eval", help="FVD, Inception Score, shapes report")
     esub = p.add_subparsers(dest="eval_command", required=True)
@@ -29,7 +29,12 @@ def add_parser(sub) -> None:
     q.add_argument("--split", choices=["train", "test"], default="train", help="real split (paper: train)")
     q.add_argument("--real-stats", default=None, help="where to cache real statistics (.npz)")
     q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--steps", type=int, default=None, help="sampling steps with --ckpt")
+    q.add_argument(
+        "--steps",
+        type=steps_arg,
+        default=None,
+        help="sampling steps with --ckpt (level 0's, or one per level)",
+    )
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default=None)
     q.add_argument("--out", default="fvd.json")
@@ -51,7 +56,7 @@ def add_parser(sub) -> None:
     q.add_argument("--ckpt", required=True)
     q.add_argument("--num", type=int, default=64, help="videos per side (real and fake)")
     q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--steps", type=int, default=None)
+    q.add_argument("--steps", type=steps_arg, default=None, help="level 0's, or one per level, e.g. 64,16,8")
     q.add_argument("--overlap", choices=["none", "spatial", "full"], default=None)
     q.add_argument(
         "--cfg",

@@ -79,7 +79,7 @@ def run_report(
     num: int = 64,
     batch_size: int = 8,
     seed: int = 0,
-    steps: int | None = None,
+    steps: int | list[int] | None = None,
     overlap: str | None = None,
     progress: bool = True,
     classifier_path: str | None = None,
