@@ -70,6 +70,9 @@ def test_overrides_parse_types():
         ("data.shape_size=[0.3,0.2]", ["data.shape_size", "lo <= hi"]),
         ("data.shape_size=[0.2,0.6]", ["data.shape_size", "< 0.5"]),
         ("train.lr", ["key=value"]),
+        ("sample.steps=0", ["sample.steps=0", "positive whole number"]),
+        ("sample.steps=[8,4]", ["sample.steps=[8, 4]", "3 values"]),
+        ("sample.steps=[8,4,2.5]", ["sample.steps", "list[int]"]),
     ],
 )
 def test_bad_override_names_the_key(override, words):
