@@ -313,7 +313,7 @@ def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys):
     assert "unconditional" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sample", "--ckpt", str(run), "--cfg", "2,x"])
-    assert "comma-separated list (one per level)" in capsys.readouterr().err
+    assert "one per level separated by commas, e.g. 3 or 3,1,1" in capsys.readouterr().err
 
 
 def test_export_release_checkpoint_fp32_and_half(tiny_run, tmp_path, capsys):

@@ -19,25 +19,23 @@ def _size(text: str) -> tuple[int, int, int]:
     return f, h, w
 
 
-def guidance_arg(text: str) -> float | list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"guidance '{text}' is not a number or a comma-separated list (one per level), e.g. 3 or 3,1,1"
-        ) from None
-    return values[0] if len(values) == 1 else values
+def _per_level(cast, what: str, example: str):
+    """An argparse type: one value, or a comma-separated list of one per level."""
+
+    def parse(text: str):
+        try:
+            values = [cast(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give {what}, or one per level separated by commas, e.g. {example}"
+            ) from None
+        return values[0] if len(values) == 1 else values
+
+    return parse
 
 
-def steps_arg(text: str) -> int | list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"steps '{text}' is not a whole number (level 0's, halved per finer level) or a "
-            "comma-separated list (one per level), e.g. 32 or 64,16,8"
-        ) from None
-    return values[0] if len(values) == 1 else values
+guidance_arg = _per_level(float, "a guidance scale (1 = off)", "3 or 3,1,1")
+steps_arg = _per_level(int, "a whole number of level-0 steps (halved per finer level)", "32 or 64,16,8")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
