@@ -240,6 +240,10 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     assert r["levels"][0]["seam_score"] is None and r["levels"][2]["seam_score"] > 0
     assert 0 <= r["class_accuracy_fake"] <= 1 and (out / "report.md").exists()
     assert 0 <= r["shape_accuracy_fake"] <= 1 and 0 <= r["shape_accuracy_real"] <= 1
+    # shape accuracy per level too; the final level's is the headline number
+    assert r["levels"][-1]["shape_accuracy"] == r["shape_accuracy_fake"]
+    assert all(0 <= lv["shape_accuracy_real"] <= 1 for lv in r["levels"])
+    assert "shape accuracy (real)" in (out / "report.md").read_text()
     assert r["guidance"] == [2.0, 1.0, 1.0]
     fvd_json = tmp_path / "fvd.json"
     assert (

@@ -146,8 +146,16 @@ def run_report(
     shape_clf = load_classifier(
         shape_classifier_path, kind="shape"
     )  # colour-blind: is the outline recognisable?
-    shape_fake = class_accuracy(shape_clf, fakes[-1], labels)
-    shape_real = class_accuracy(shape_clf, reals[-1], torch.cat(real_labels))
+    # per level: where in the cascade outlines are kept or lost (the classifier area-averages
+    # every level to its own 8x32x32 input, so level 0 is seen as it is)
+    shapes = [
+        (
+            class_accuracy(shape_clf, fakes[lvl], labels),
+            class_accuracy(shape_clf, reals[lvl], torch.cat(real_labels)),
+        )
+        for lvl in range(geo.num_levels)
+    ]
+    shape_fake, shape_real = shapes[-1]
     area_fake = object_areas(fakes[-1], labels)
     area_real = object_areas(reals[-1], torch.cat(real_labels))
     report = {
@@ -169,6 +177,8 @@ def run_report(
                 "blockiness_real": blocky_real[lvl],
                 "judder": judders[lvl][0],
                 "judder_real": judders[lvl][1],
+                "shape_accuracy": shapes[lvl][0],
+                "shape_accuracy_real": shapes[lvl][1],
             }
             for lvl in range(geo.num_levels)
         ],
@@ -197,16 +207,22 @@ def report_markdown(r: dict) -> str:
         f"Report for `{r['checkpoint']}` ({r['num_fake']} fake vs {r['num_real']} real, "
         f"overlap {r['overlap']}, {r['machine']})",
         "",
-        "| level | size (FxHxW) | FVD | seam score | blockiness (real) | judder (real) |",
-        "|---|---|---|---|---|---|",
+        "| level | size (FxHxW) | FVD | seam score | blockiness (real) | judder (real) | shape accuracy (real) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lv in r["levels"]:
         seam = f"{lv['seam_score']:.3f}" if lv["seam_score"] is not None else "—"
         # reports written before these metrics existed have none
         block = f"{lv['blockiness']:.3f} ({lv['blockiness_real']:.3f})" if "blockiness" in lv else "—"
         jud = f"{lv['judder']:.3f} ({lv['judder_real']:.3f})" if "judder" in lv else "—"
+        shape = (
+            f"{100 * lv['shape_accuracy']:.1f}% ({100 * lv['shape_accuracy_real']:.1f}%)"
+            if "shape_accuracy" in lv
+            else "—"
+        )
         lines.append(
-            f"| {lv['level']} | {'x'.join(map(str, lv['size']))} | {lv['fvd']:.1f} | {seam} | {block} | {jud} |"
+            f"| {lv['level']} | {'x'.join(map(str, lv['size']))} | {lv['fvd']:.1f} | {seam} | {block} | {jud} "
+            f"| {shape} |"
         )
     rows = [
         ("class accuracy (shapes classifier)", "class_accuracy"),
