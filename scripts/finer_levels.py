@@ -1,7 +1,8 @@
 """What the finer levels can draw on their own: held-out real shapes clips are downsampled to
 their level 0, the checkpoint samples only the finer levels from it (`Cascade.generate(given=…)`),
 and each level is scored as `hpdm eval report` scores the final level: class and shape accuracy
-(the colour-blind classifier: does the outline name the class?) and object persistence. Real
+(the colour-blind classifier: does the outline name the class?), object persistence, blockiness
+and judder (1.0 = no pixel grid / even frame changes). Real
 clips score 100% on all three, at every level; what the finer levels lose from there is theirs,
 not level 0's. Compare with `hpdm eval report` (the whole cascade) to see which part limits it.
 
@@ -24,6 +25,7 @@ from _heldout import add_set_option, level0_clips
 def finer_level_scores(ckpt: str, num: int = 64, overrides=(), batch: int = 16) -> list[dict[str, float]]:
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.objects import object_areas, persistence
+    from hpdm.metrics.seam import blockiness, judder
     from hpdm.sampling import Cascade
 
     model, cfg, _, x0, labels = level0_clips(ckpt, num, overrides=overrides)
@@ -41,6 +43,8 @@ def finer_level_scores(ckpt: str, num: int = 64, overrides=(), batch: int = 16) 
                 "class": class_accuracy(clf, v, labels),
                 "shape": class_accuracy(shape, v, labels),
                 "persistence": persistence(object_areas(v, labels)),
+                "blockiness": blockiness(v),
+                "judder": judder(v),
             }
         )
     return rows
@@ -81,7 +85,10 @@ if __name__ == "__main__":
         rows = finer_level_scores(ck, a.num, a.set)
         cols = "  |  ".join(
             f"level {i}{' (real)' if i == 0 else ''}: "
-            + "  ".join(f"{k} {100 * v:.1f}%" for k, v in r.items())
+            + "  ".join(
+                f"{k} {v:.3f}" if k in ("blockiness", "judder") else f"{k} {100 * v:.1f}%"
+                for k, v in r.items()
+            )
             for i, r in enumerate(rows)
         )
         print(f"{ck}  {cols}", flush=True)

@@ -44,14 +44,14 @@ hpdm train demo train.lr=1.0e-3 train.steps=1254 $PX $GPU --init runs/demo_mid2 
 hpdm train demo train.lr=1.0e-3 train.steps=1356 $PX $GPU --init runs/demo_gpu1 --out runs/demo_gpu2 --resume auto
 hpdm export --ckpt runs/demo_gpu2 --out src/hpdm/assets/demo --half data.num_workers=0 sample.guide=guide \
   sample.guide_scale=1.5 sample.overlap=full sample.tile_stride=[5,18,18] sample.base=base sample.base_interval=[0,2] \
-  sample.start_sigma=[0,0.5,0]
+  sample.start_sigma=[0,0.5,0] sample.consistency=1 sample.consistency_sigma=0.1
 # the autoguidance guide (level 0 alone, 3 blocks, 2,000 steps: minutes on a CPU)
 hpdm train demo-guide --out runs/demo-guide --resume auto
 hpdm export --ckpt runs/demo-guide --out src/hpdm/assets/demo/guide --half
 cp runs/demo-guide/log.jsonl src/hpdm/assets/demo/guide/train_log.jsonl
 # the level-0 model (`sample.base`: level 0 alone with 2x2x2-voxel tokens): 10,000 steps (72 min on 2 cores),
-# then three times 13,000 more and once 12,000 more at sigma ~ LogNormal(-0.3, 1.0), the range below sigma = 2 where
-# the demo samples with it (88 + 95 + 123 + 101 min); stage 4 started from stage 3's fp16 export (the fp32 run was
+# then three times 13,000 more and twice 12,000 more at sigma ~ LogNormal(-0.3, 1.0), the range below sigma = 2 where
+# the demo samples with it (88 + 95 + 123 + 101 + 98 min); stage 4 started from stage 3's fp16 export (the fp32 run was
 # lost with its machine)
 hpdm train demo-base --out runs/demo-base --resume auto
 hpdm train demo-base diffusion.P_mean=[-0.3] train.lr=1.0e-3 train.steps=13000 train.seed=1 \
@@ -63,11 +63,14 @@ hpdm train demo-base diffusion.P_mean=[-0.3] train.lr=1.0e-3 train.steps=13000 t
   --init src/hpdm/assets/demo/base --out runs/demo-base4 --resume auto
 hpdm train demo-base diffusion.P_mean=[-0.3] train.lr=1.0e-3 train.steps=12000 train.seed=4 \
   --init runs/demo-base4 --out runs/demo-base5 --resume auto
-hpdm export --ckpt runs/demo-base5 --out src/hpdm/assets/demo/base --half
+hpdm train demo-base diffusion.P_mean=[-0.3] train.lr=1.0e-3 train.steps=12000 train.seed=5 \
+  --init runs/demo-base5 --out runs/demo-base6 --resume auto
+hpdm export --ckpt runs/demo-base6 --out src/hpdm/assets/demo/base --half
 cp runs/demo-base/log.jsonl src/hpdm/assets/demo/base/train_log_stage1.jsonl
 cp runs/demo-base2/log.jsonl src/hpdm/assets/demo/base/train_log_stage2.jsonl
 cp runs/demo-base3/log.jsonl src/hpdm/assets/demo/base/train_log_stage3.jsonl
 cp runs/demo-base4/log.jsonl src/hpdm/assets/demo/base/train_log_stage4.jsonl
-cp runs/demo-base5/log.jsonl src/hpdm/assets/demo/base/train_log.jsonl
+cp runs/demo-base5/log.jsonl src/hpdm/assets/demo/base/train_log_stage5.jsonl
+cp runs/demo-base6/log.jsonl src/hpdm/assets/demo/base/train_log.jsonl
 cp runs/demo_gpu1/log.jsonl src/hpdm/assets/demo/train_log_stage9.jsonl
 cp runs/demo_gpu2/log.jsonl src/hpdm/assets/demo/train_log.jsonl

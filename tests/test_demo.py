@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from hpdm.cli import main
+from hpdm.config import load_config, preset_dir
 from hpdm.data.shapes import SHAPES_CLASSES
 from hpdm.demo import demo_checkpoint
 
@@ -26,6 +29,16 @@ def test_shipped_demo_checkpoint_is_small_and_documented():
     text = (ck / "README.md").read_text()
     for cmd in ("hpdm train demo-guide", "hpdm train demo-base", "hpdm train demo"):
         assert cmd in text, cmd
+
+
+def test_shipped_demo_samples_as_the_demo_preset_says():
+    """`hpdm demo --train` samples with the `demo` preset's settings: the shipped checkpoint's
+    config must name the same ones (truncated start, pyramid consistency, tile stride, guidance)."""
+    preset = yaml.safe_load((preset_dir() / "demo.yaml").read_text())["sample"]
+    shipped = load_config(demo_checkpoint() / "config.yaml").sample
+    assert preset["consistency"] == 1.0 and preset["consistency_sigma"] == 0.1
+    for key, value in preset.items():
+        assert getattr(shipped, key) == value, key
 
 
 def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
