@@ -342,3 +342,83 @@ def test_export_release_checkpoint_fp32_and_half(tiny_run, tmp_path, capsys):
     for (name, a), b in zip(m_full.state_dict().items(), m_half.state_dict().values()):
         assert b.dtype == a.dtype, name
         torch.testing.assert_close(b, a.half().to(a.dtype), atol=0, rtol=0)
+
+
+# Bad inputs: one test per class of mistake, each a one-line error that says what to do.
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "--ckpt", "x", "--num", "0"], "--num: '0': give a positive count"),
+        (["sample", "--ckpt", "x", "--num", "-2"], "--num: '-2': give a positive count"),
+        (["demo", "--num-per-class", "0"], "--num-per-class: '0'"),
+        (["demo", "--train", "--steps", "0"], "--steps: '0': give a number of training steps"),
+        (["data", "preview", "--num", "0"], "--num: '0'"),
+        (["prepare", "tiny", "--out", "c", "--workers", "-1"], "worker processes, 0 for none"),
+        (["prepare", "tiny", "--out", "c", "--shard-size", "0"], "--shard-size: '0'"),
+        (["train", "tiny", "--until", "-1"], "--until: '-1': give the step to stop after"),
+        (["train", "tiny", "--until", "0"], "--until: '0'"),
+    ],
+)
+def test_counts_below_one_are_refused_by_the_parser(argv, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "--ckpt", "x", "--size", "0x32x32"], "frames, height and width must be positive"),
+        (["sample", "--ckpt", "x", "--size", "4by32"], "is not FxHxW"),
+        (["sample", "--ckpt", "x", "--cfg", "-1"], "guidance scale >= 0"),
+        (["sample", "--ckpt", "x", "--cfg", "1,nan"], "guidance scale >= 0"),
+    ],
+)
+def test_sizes_and_guidance_out_of_range_are_refused(argv, words, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, words", [("foo", "is not a device"), ("cuda:7", "use --device cpu")])
+def test_a_device_this_machine_lacks_is_refused(device, words, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    for argv in (["sample", "--ckpt", "x"], ["train", "tiny"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--device", device])
+        assert words in capsys.readouterr().err
+
+
+def test_an_unwritable_out_folder_fails_before_any_work(tiny_run, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for argv in (
+        ["sample", "--ckpt", str(tiny_run), "--num", "1", "--quiet", "--out", str(blocker / "x")],
+        ["export", "--ckpt", str(tiny_run), "--out", str(blocker / "x")],
+        ["data", "preview", "--config", "tiny", "--out", str(blocker / "x")],
+        ["sample", "--ckpt", str(tiny_run), "--num", "1", "--quiet", "--out", str(blocker)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"hpdm: error: --out {blocker}") and "\n" not in err
+    assert main(["train", "tiny", f"train.out_dir={blocker}"]) == 2
+    assert "train.out_dir" in capsys.readouterr().err
+
+
+def test_config_counts_below_one_are_refused(capsys):
+    for key in ("train.steps", "train.ckpt_every", "train.keep", "train.log_every"):
+        assert main(["config", "tiny", f"{key}=0"]) == 2
+        assert f"{key}=0: must be a positive whole number" in capsys.readouterr().err
+    assert main(["config", "tiny", "train.sample_every=-1"]) == 2
+    assert "0 for no samples" in capsys.readouterr().err
+
+
+def test_generate_refuses_zero_videos(tiny_run):
+    from hpdm.sampling import Cascade
+    from hpdm.train import load_model
+
+    model, cfg = load_model(tiny_run)
+    with pytest.raises(ValueError, match="num=0: give the number of videos"):
+        Cascade(model, cfg, torch.device("cpu")).generate(num=0, progress=False)

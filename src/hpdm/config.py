@@ -460,8 +460,11 @@ def validate(cfg: Config) -> None:
     _choice(t.precision, ("fp32", "bf16"), "train.precision")
     _choice(t.schedule, ("cosine", "constant"), "train.schedule")
     _choice(t.distributed, ("ddp", "fsdp"), "train.distributed")
-    if t.batch_size <= 0 or t.steps < 0 or t.grad_accum <= 0:
-        raise ConfigError("train.batch_size and train.grad_accum must be positive, train.steps >= 0")
+    for key in ("batch_size", "grad_accum", "steps", "log_every", "ckpt_every", "keep"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key}={getattr(t, key)}: must be a positive whole number")
+    if t.sample_every < 0:
+        raise ConfigError(f"train.sample_every={t.sample_every}: give a step interval, or 0 for no samples")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError("train.ema_decay must be in [0, 1)")
     _choice(s.sampler0, ("heun", "euler"), "sample.sampler0")

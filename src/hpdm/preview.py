@@ -49,6 +49,8 @@ def data_preview(
     seed: int = 0,
 ) -> dict:
     """Write `samples.mp4` (a grid of clips), `samples.png`, `pyramid_boxes.png`; print captions."""
+    if num < 1:
+        raise ValueError(f"num={num}: give the number of clips to preview, a whole number >= 1")
     overrides = [f"data.dataset={dataset}", f"data.seed={seed}"] + ([f"data.path={path}"] if path else [])
     cfg = load_config(config, overrides)
     ds = build_dataset(cfg)

@@ -202,6 +202,8 @@ class Cascade:
         coarsest levels, already made (each (num, 3, *V^ℓ) in [-1, 1], e.g. a real video
         made with `hpdm.pyramid.level_videos`): they are kept as they are and only the
         finer levels are sampled, as a super-resolution of them."""
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"num={num!r}: give the number of videos to generate, a whole number >= 1")
         s = self.cfg.sample
         overlap = overlap or s.overlap
         guidance = s.cfg if guidance is None else guidance
