@@ -16,6 +16,8 @@ def _size(text: str) -> tuple[int, int, int]:
         f, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size '{text}' is not FxHxW, e.g. 16x128x128") from None
+    if min(f, h, w) < 1:
+        raise argparse.ArgumentTypeError(f"size '{text}': frames, height and width must be positive")
     return f, h, w
 
 
@@ -34,7 +36,69 @@ def _per_level(cast, what: str, example: str):
     return parse
 
 
-guidance_arg = _per_level(float, "a guidance scale (1 = off)", "3 or 3,1,1")
+def _at_least(low: int, what: str):
+    """An argparse type: a whole number >= `low`; the message says what the option counts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} (a whole number >= {low})")
+        return value
+
+    return parse
+
+
+def _guidance(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError(text)
+    return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device string that this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device; use cpu, cuda or cuda:N (e.g. cuda:1)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has no CUDA GPU (or torch was installed without CUDA); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type != "cpu" and dev.type != "mps":
+        raise argparse.ArgumentTypeError(f"{text!r}: hpdm runs on cpu or cuda; use --device cpu or cuda")
+    return text
+
+
+def _out_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create the output folder now, so an unwritable path fails before any work is done."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"{option} {p}: cannot create the output folder ({e.strerror or e}); choose a folder you can write to"
+        ) from None
+    if not p.is_dir():
+        raise ValueError(f"{option} {p}: this is a file, not a folder; choose another path")
+    return p
+
+
+positive_int = _at_least(1, "a positive count")
+guidance_arg = _per_level(_guidance, "a guidance scale >= 0 (1 = off, 0 = unconditional)", "3 or 3,1,1")
 steps_arg = _per_level(int, "a whole number of level-0 steps (halved per finer level)", "32 or 64,16,8")
 
 
@@ -51,6 +115,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from hpdm.train import Trainer
 
     cfg = load_config(a.config, a.overrides)
+    _out_dir(a.out or cfg.train.out_dir, "--out" if a.out else "train.out_dir")
     trainer = Trainer(cfg, out_dir=a.out, resume=a.resume, device=a.device, init=a.init)
     if trainer.ctx.is_main:
         print(
@@ -125,6 +190,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from hpdm.train import load_model, pick_device
 
     device = pick_device(a.device)
+    _out_dir(a.out)
     model, cfg = load_model(a.ckpt, ema=not a.no_ema, device=device, overrides=a.overrides)
     given = None
     if a.upsample:
@@ -182,6 +248,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from hpdm.demo import run_demo
 
+    _out_dir(a.out)
     run_demo(
         out=Path(a.out),
         train=a.train,
@@ -199,6 +266,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from hpdm.demo import export_checkpoint
 
+    _out_dir(a.out)
     out = export_checkpoint(a.ckpt, a.out, ema=not a.no_ema, half=a.half, overrides=a.overrides)
     kind = ("raw" if a.no_ema else "EMA") + (" (fp16)" if a.half else "")
     print(f"exported {kind} weights, config and state to {out}")
@@ -208,6 +276,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_data_preview(a: argparse.Namespace) -> int:
     from hpdm.preview import data_preview
 
+    _out_dir(a.out)
     data_preview(dataset=a.dataset, out=Path(a.out), num=a.num, config=a.config, path=a.path, seed=a.seed)
     return 0
 
@@ -218,6 +287,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     from hpdm.data.cache import prepare_cache
 
     cfg = load_config(a.config, a.overrides)
+    _out_dir(a.out)
     ds = build_dataset(cfg, train=not a.test_split)
     out = prepare_cache(
         ds, a.out, clips_per_video=a.clips_per_video, shard_size=a.shard_size, num_workers=a.workers
@@ -245,9 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", default=None, help="'auto' (newest complete checkpoint in the run) or a checkpoint dir"
     )
     p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda when available)")
     p.add_argument(
-        "--until", type=int, default=None, help="stop after this step (keeps the schedule of train.steps)"
+        "--device", type=_device, default=None, help="cpu | cuda | cuda:1 (default: cuda when available)"
+    )
+    p.add_argument(
+        "--until",
+        type=_at_least(1, "the step to stop after"),
+        default=None,
+        help="stop after this step (keeps the schedule of train.steps)",
     )
     p.add_argument("--init", default=None, help="initialise from a base checkpoint: grow it (paper §5.2)")
     p.set_defaults(fn=cmd_train)
@@ -265,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate videos from a checkpoint")
     p.add_argument("--ckpt", required=True, help="checkpoint dir or run dir (newest checkpoint)")
-    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--num", type=positive_int, default=4)
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--class", dest="cls", type=int, default=None, help="class id (default: cycle through classes)"
@@ -298,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and only the finer levels are sampled (one output per video; --num is ignored)",
     )
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_device, default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "overrides", nargs="*", help="sampling settings, e.g. sample.S_churn=0 sample.cfg_interval=[2,80]"
@@ -309,9 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--train", action="store_true", help="retrain the demo model from scratch first")
     p.add_argument(
-        "--steps", type=int, default=None, help="training steps with --train (default: the preset's)"
+        "--steps",
+        type=_at_least(1, "a number of training steps"),
+        default=None,
+        help="training steps with --train (default: the preset's)",
     )
-    p.add_argument("--num-per-class", type=int, default=1)
+    p.add_argument("--num-per-class", type=positive_int, default=1)
     p.add_argument("--size", type=_size, default=None)
     p.add_argument("--sample-steps", type=steps_arg, default=None, help="as `hpdm sample --steps`")
     p.add_argument("--seed", type=int, default=0)
@@ -333,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="shapes", help="shapes | folder | ucf101 | captions | cache")
     q.add_argument("--path", default=None, help="dataset path (not for shapes)")
     q.add_argument("--config", default="demo", help="preset whose pyramid geometry to use")
-    q.add_argument("--num", type=int, default=8)
+    q.add_argument("--num", type=positive_int, default=8)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="preview")
     q.set_defaults(fn=cmd_data_preview)
@@ -341,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="decode a dataset once into a memory-mapped uint8 cache")
     _add_config(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--clips-per-video", type=int, default=1)
-    p.add_argument("--shard-size", type=int, default=1024)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--clips-per-video", type=positive_int, default=1)
+    p.add_argument("--shard-size", type=positive_int, default=1024)
+    p.add_argument("--workers", type=_at_least(0, "a number of worker processes, 0 for none"), default=0)
     p.add_argument("--test-split", action="store_true")
     p.set_defaults(fn=cmd_prepare)
 
@@ -376,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, OSError, ValueError, RuntimeError) as e:
         from hpdm.train import TrainingDiverged
 
         kind = "training stopped" if isinstance(e, TrainingDiverged) else "error"
