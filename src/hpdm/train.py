@@ -367,6 +367,9 @@ class Trainer:
         t_last = time.perf_counter()
         self.net.train()
         while self.step < end:
+            # Anything that draws from the global generators (dropout masks) draws from a state set by
+            # (seed, step, rank) alone, so no earlier draw (data workers, sampling, a resume) shifts it.
+            torch.manual_seed(_seed(t.seed, self.step, 2 + self.ctx.rank))
             self.opt.zero_grad(set_to_none=True)
             micro_losses, micro_per = [], []  # a non-finite loss in any micro-batch poisons the step
             for micro in range(t.grad_accum):
