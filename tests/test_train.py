@@ -140,8 +140,9 @@ def test_interrupted_save_keeps_previous_checkpoint(tiny_config, monkeypatch):
     assert _states_equal(model.state_dict(), ema_at_2)
     assert loaded_cfg.to_dict() == cfg.to_dict()
 
-    again = Trainer(cfg, resume="auto", progress=False)  # resuming goes on from the last good save
-    assert again.step == 2
+    with pytest.warns(UserWarning, match="removed 1 leftover.*tmp_step_0000004"):
+        again = Trainer(cfg, resume="auto", progress=False)  # resuming goes on from the last good save
+    assert again.step == 2 and not (root / ".tmp_step_0000004").exists()
     again.train()
     assert [p.name for p in list_checkpoints(tr.out_dir)] == ["step_0000002", "step_0000004"]
     assert not list(root.glob(".tmp_*"))

@@ -13,7 +13,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from hpdm.config import load_config, save_config
 from hpdm.data.shapes import SHAPES_CLASSES
@@ -35,8 +35,8 @@ def export_checkpoint(
     `half`: store floating-point weights as fp16 (half the file; loading casts them back to the
     model's fp32), e.g. for an autoguidance guide shipped beside a model. `overrides`: `sample.*`
     and `data.*` settings written into the released config (e.g. `sample.guide=guide`)."""
+    from hpdm.checkpoint import read_config, read_step, read_weights, resolve_checkpoint
     from hpdm.config import ConfigError
-    from hpdm.train import resolve_checkpoint
 
     bad = [o for o in overrides or [] if not o.strip().startswith(("sample.", "data."))]
     if bad:
@@ -46,15 +46,17 @@ def export_checkpoint(
         )
 
     ck = resolve_checkpoint(ckpt)
+    name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
+    state_dict = read_weights(ck / name)
+    cfg = read_config(ck, overrides)  # checked before anything is written
+    read_step(ck)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
-    state_dict = load_file(str(ck / name))
     if half:
         state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
     save_file(state_dict, str(out / "model.safetensors"), metadata={"weights": name})
     if overrides:
-        save_config(load_config(ck / "config.yaml", overrides), out / "config.yaml")
+        save_config(cfg, out / "config.yaml")
     else:
         shutil.copy(ck / "config.yaml", out / "config.yaml")
     state = json.loads((ck / "state.json").read_text())

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from hpdm.checkpoint import read_weights, resolve_checkpoint
 from hpdm.model.hpdm import HPDM
 
 # Parameters whose first axis is the pyramid level: copy the base's levels, fill new ones from level 0.
@@ -59,8 +59,6 @@ def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, lis
 
 
 def init_from_checkpoint(model: HPDM, ckpt: str | Path, ema: bool = True) -> dict[str, list[str]]:
-    from hpdm.train import resolve_checkpoint
-
     ck = resolve_checkpoint(ckpt)
     name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
-    return init_from_state(model, load_file(str(ck / name)))
+    return init_from_state(model, read_weights(ck / name))

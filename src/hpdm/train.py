@@ -15,22 +15,47 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from hpdm import distributed as dist
-from hpdm.config import Config, ConfigError, load_config, save_config
+from hpdm.checkpoint import (
+    CKPT_PREFIX,
+    TMP_PREFIX,
+    CheckpointError,
+    clean_leftovers,
+    list_checkpoints,
+    load_state_dict,
+    read_config,
+    read_step,
+    read_training_state,
+    read_weights,
+    remove_checkpoint,
+    resolve_checkpoint,
+    set_aside,
+)
+from hpdm.config import Config, ConfigError, save_config
 from hpdm.data import batch_stream, build_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
 from hpdm.optim import build_optimizer, lr_lambda
 from hpdm.pyramid import PyramidGeometry, extract_patches, sample_boxes
 
-CKPT_PREFIX = "step_"
-TMP_PREFIX = ".tmp_"
+__all__ = [  # the checkpoint helpers moved to hpdm.checkpoint; importable from here as before
+    "CKPT_PREFIX",
+    "TMP_PREFIX",
+    "CheckpointError",
+    "Trainer",
+    "TrainingDiverged",
+    "list_checkpoints",
+    "load_model",
+    "pick_device",
+    "resolve_checkpoint",
+]
 
 
 def _last(out_dir) -> str:
@@ -68,33 +93,6 @@ def pick_device(device: str | None = None) -> torch.device:
 # Checkpoints
 
 
-def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in `out_dir/checkpoints`, oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.exists():
-        return []
-    cks = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(CKPT_PREFIX) and (p / "state.json").exists()
-    ]
-    return sorted(cks, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest checkpoint)."""
-    p = Path(path)
-    if (p / "state.json").exists() and (p / "model.safetensors").exists():
-        return p
-    cks = list_checkpoints(p)
-    if cks:
-        return cks[-1]
-    raise FileNotFoundError(
-        f"no checkpoint found at {p}: give a checkpoint directory (with model.safetensors) "
-        "or a run directory containing checkpoints/step_*/"
-    )
-
-
 def load_model(
     path: str | Path, ema: bool = True, device=None, overrides: list[str] | None = None
 ) -> tuple[HPDM, Config]:
@@ -109,14 +107,13 @@ def load_model(
             f"{' '.join(bad)}: a trained model takes only sampling overrides (sample.key=value, e.g. "
             "sample.S_churn=0 or sample.cfg_interval=[2,80]); train a new run to change anything else"
         )
-    cfg = load_config(ck / "config.yaml", overrides or [])
+    cfg = read_config(ck, overrides or [])
     for key in ("guide", "base"):
         if getattr(cfg.sample, key):
             setattr(cfg.sample, key, str(_companion_path(getattr(cfg.sample, key), ck, key)))
     model = HPDM(cfg)
     name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
-    state = load_file(str(ck / name))
-    model.load_state_dict(state)
+    load_state_dict(model, read_weights(ck / name), ck / name)
     return model.to(device or "cpu").eval(), cfg
 
 
@@ -197,34 +194,84 @@ class Trainer:
         )
         if self.render_on_device:
             self.dataset.device = self.device
+        if self.ctx.is_main:
+            clean_leftovers(self.out_dir)  # of a save or prune that a crash interrupted
+        dist.barrier(self.ctx)
         if resume:
             self._resume(resume)
 
     # -------------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
-        if resume == "auto":
-            cks = list_checkpoints(self.out_dir)
-            if not cks:
-                return  # nothing to resume from: start fresh
-            ck = cks[-1]
-        else:
-            ck = resolve_checkpoint(resume)
-        self.load_checkpoint(ck)
+        if resume != "auto":
+            self.load_checkpoint(resolve_checkpoint(resume))
+            return
+        bad = []
+        for ck in reversed(list_checkpoints(self.out_dir)):  # newest first; none: start fresh
+            try:
+                self._apply(self._read(ck))
+                break
+            except CheckpointError as e:
+                warnings.warn(f"--resume auto: skipping {ck.name}: {e}", stacklevel=2)
+                bad.append(ck)
+        if bad:
+            dist.barrier(self.ctx)  # every rank has read before the bad ones move
+            if self.ctx.is_main:
+                moved = [set_aside(ck) for ck in bad]
+                print(
+                    f"resumed from step {self.step}; set aside the unreadable checkpoint(s) as "
+                    f"{', '.join(str(m) for m in moved)} (delete them when you no longer need them)"
+                )
 
     def load_checkpoint(self, ck: Path) -> None:
-        dist.load_model_state(self.net, self.model, load_file(str(ck / "model.safetensors")), self.ctx)
-        dist.load_model_state(None, self.ema, load_file(str(ck / "ema.safetensors")), self.ctx)
-        st = torch.load(ck / "training.pt", map_location="cpu", weights_only=True)
-        dist.load_optimizer_state(self.net, self.opt, st["optimizer"], self.ctx)
-        self.sched.load_state_dict(st["scheduler"])
-        # The training draws are keyed by sample position (`_generators`), not by these states; a
-        # rank that the saving run did not have keeps its own seed.
-        if self.ctx.rank < len(st["rng"]):
-            rng = st["rng"][self.ctx.rank]
+        self._apply(self._read(ck))
+
+    def _read(self, ck: Path) -> dict:
+        """Every file of a checkpoint, read and checked before anything is changed."""
+        if not ck.is_dir():
+            raise FileNotFoundError(f"no checkpoint folder at {ck}")
+        out = {"ck": ck, "step": read_step(ck), "training": read_training_state(ck / "training.pt")}
+        want = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        for name in ("model", "ema"):
+            path = ck / f"{name}.safetensors"
+            out[name] = read_weights(path)
+            got = {k: tuple(v.shape) for k, v in out[name].items()}
+            if got != want:
+                diff = sorted(set(got) ^ set(want)) or [k for k in want if got[k] != want[k]]
+                raise CheckpointError(
+                    f"{path}: its tensors do not fit this config (first difference: {diff[0]}); resume "
+                    "with the config the run was trained with (its config.yaml), or start a new run"
+                )
+        return out
+
+    def _apply(self, st: dict) -> None:
+        ck = st["ck"]
+        try:
+            dist.load_model_state(self.net, self.model, st["model"], self.ctx)
+            dist.load_model_state(None, self.ema, st["ema"], self.ctx)
+        except RuntimeError as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"{ck}: its weights do not fit this config ({' '.join(str(e).split())[:300]}); resume "
+                "with the config the run was trained with (its config.yaml)"
+            ) from None
+        tr = st["training"]
+        try:
+            dist.load_optimizer_state(self.net, self.opt, tr["optimizer"], self.ctx)
+            self.sched.load_state_dict(tr["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{ck / 'training.pt'}: the optimizer state does not fit this run "
+                f"({' '.join(str(e).split())[:200]}); resume with the run's own config and train.optimizer"
+            ) from None
+        # The training draws are keyed by sample position (`_generators`) and by step (the global
+        # generators are reseeded every step); the saved states are restored for code outside it.
+        if self.ctx.rank < len(tr["rng"]):
+            rng = tr["rng"][self.ctx.rank]
             torch.set_rng_state(rng["torch"])
             if self.device.type == "cuda" and "cuda" in rng:
                 torch.cuda.set_rng_state(rng["cuda"])
-        self.step = json.loads((ck / "state.json").read_text())["step"]
+        self.step = st["step"]
 
     def save_checkpoint(self) -> Path | None:
         """Atomic save: write `.tmp_step_N/`, then rename to `step_N/`; prune to `train.keep`."""
@@ -265,7 +312,7 @@ class Trainer:
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in list_checkpoints(self.out_dir)[: -self.cfg.train.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_checkpoint(old)
         dist.barrier(self.ctx)
         return final
 
@@ -349,6 +396,11 @@ class Trainer:
 
     def _train(self, until: int | None) -> dict:
         t = self.cfg.train
+        if until is not None and until <= self.step:
+            raise ValueError(
+                f"--until {until} is not after the current step {self.step} of {self.out_dir}: give a step "
+                f"from {self.step + 1} to train.steps={t.steps}, or leave --until out"
+            )
         end = min(t.steps, until) if until is not None else t.steps
         log_path = self.out_dir / "log.jsonl"
         if self.ctx.is_main:
