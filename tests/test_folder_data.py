@@ -204,3 +204,58 @@ def test_incomplete_or_missing_cache_has_a_clear_error(tmp_path, folder):
         CachedDataset(out)
     with pytest.raises(CacheError, match="hpdm prepare"):
         CachedDataset(tmp_path / "nowhere")
+
+
+def test_a_file_shorter_than_its_header_is_read_for_what_it_has(tmp_path):
+    """A truncated AVI says 120 frames and about 60 decode: clips come from those, the true length
+    replaces the header's in the index (with one warning), and the file is never called unreadable."""
+    import av
+
+    full, path = tmp_path / "full.avi", tmp_path / "v" / "cls" / "truncated.avi"
+    with av.open(str(full), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for f in coded(120, 24, 32) // 2 + np.arange(120)[:, None, None, None].astype(np.uint8):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+    path.parent.mkdir(parents=True)
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 5])
+    from hpdm.data.video import count_frames, probe_num_frames
+
+    real = count_frames(path)
+    assert probe_num_frames(path) == 120 and 10 < real < 100
+    ds = VideoFolderDataset(tmp_path / "v", F, H, W, frame_stride=2)
+    assert ds.entries[0].num_frames == 120  # the header's word, until a read says otherwise
+    with pytest.warns(UserWarning, match=f"header says 120 frames but {real} decode"):
+        clips = []
+        for epoch in range(12):  # some starts fall past the real end
+            ds.set_epoch(epoch)
+            clips.append(ds[0])
+    assert ds.entries[0].num_frames == real and ds.short_headers == [str(path)]
+    assert ds.bad_files == [] and all(c["index"] == 0 for c in clips)
+    # the clips are those an index with the true length gives: starts within [0, real - span]
+    for epoch, clip in enumerate(clips):
+        ds.set_epoch(epoch)
+        assert 0 <= ds.clip_start(0) <= real - ds.span
+        assert torch.equal(clip["video"], ds.load_clip(0))
+
+
+def test_a_class_without_a_usable_file_is_dropped(tmp_path):
+    root = tmp_path / "v"
+    write_video(root / "apples" / "a.mp4", coded(8))
+    (root / "bananas").mkdir(parents=True)
+    (root / "bananas" / "broken.mp4").write_bytes(b"not a video at all" * 20)
+    write_video(root / "cherries" / "c.mp4", coded(8))
+    with pytest.warns(UserWarning, match="dropped 1 class folder.*bananas"):
+        ds = VideoFolderDataset(root, F, H, W)
+    assert ds.classes == ["apples", "cherries"] and ds.num_classes == 2
+    assert sorted(e.label for e in ds.entries) == [0, 1]
+    assert ds.dropped_classes == ["bananas"]
+    (root / "apples" / "a.mp4").write_bytes(b"broken too" * 20)
+    (root / "cherries" / "c.mp4").write_bytes(b"broken too" * 20)
+    write_video(root / "loose.mp4", coded(8))  # a file in the root has no class
+    with pytest.raises(ValueError, match="no class folder under .* has a usable file"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            VideoFolderDataset(root, F, H, W)

@@ -134,3 +134,64 @@ def test_corrupt_and_missing_files_raise_video_read_error(tmp_path):
         (tmp_path / "broken.png").write_bytes(b"not a png")
         read_image(tmp_path / "broken.png")
     assert isinstance(VideoReadError(bad, "x"), RuntimeError)
+
+
+def _encode(path, codec: str, n: int, fmt_opts: dict | None = None, gop: int = 12, bframes: int = 2) -> None:
+    """n frames of 32x32 whose colours code the frame index; short GOPs with B-frames, so frames
+    are stored out of display order and reading from the middle really seeks."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"x264-params": f"bframes={bframes}:keyint={gop}:min-keyint={gop}:scenecut=0"}
+        else:
+            stream.codec_context.gop_size = gop
+            stream.codec_context.max_b_frames = bframes
+        for i in range(n):
+            img = np.zeros((32, 32, 3), np.uint8)
+            img[..., 0], img[..., 1], img[: i % 32, :, 2] = (i * 3) % 256, (i * 7) % 256, 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize(
+    "name, codec",
+    [("x264_bframes.mp4", "libx264"), ("x264_bframes.mkv", "libx264"), ("mpeg4_bframes.avi", "mpeg4")],
+)
+def test_every_start_gives_exactly_the_frames_of_a_sequential_decode(tmp_path, monkeypatch, name, codec):
+    """Seeking is only a speed-up: for every start (and stride) the frames equal, byte for byte,
+    those a decode from the top gives. MPEG-4 in AVI once came back one frame early after a seek
+    from starts 103-105 of this file (its timestamps start at 1 and frames were numbered by them)."""
+    path = tmp_path / name
+    _encode(path, codec, 120)
+    monkeypatch.setattr(V, "_SEEK_MIN_START", 10**9)
+    reference = read_video(path)  # sequential decode
+    assert len(reference) == 120
+    monkeypatch.setattr(V, "_SEEK_MIN_START", 1)  # every start > 0 seeks
+    seeks = []
+    real = V._read_after_seek
+    monkeypatch.setattr(V, "_read_after_seek", lambda *a: seeks.append(r := real(*a)) or r)
+    for start in range(120):
+        for stride in (1, 3) if start % 5 == 0 else (1,):
+            got = read_video(path, max_frames=8, start=start, stride=stride)
+            want = reference[start : start + 8 * stride : stride]
+            assert np.array_equal(got, want), (name, start, stride)
+    assert sum(s is not None for s in seeks) > 0.9 * len(seeks)  # the seek path did the reading
+
+
+def test_a_header_that_overstates_the_length_is_read_for_what_it_has(tmp_path):
+    """A truncated AVI keeps its header's frame count (120) while about 25 frames decode."""
+    full = tmp_path / "full.avi"
+    _encode(full, "mpeg4", 120)
+    data = full.read_bytes()
+    path = tmp_path / "truncated.avi"
+    path.write_bytes(data[: len(data) // 2])
+    claimed, real = probe_num_frames(path), V.count_frames(path)
+    assert claimed == 120 and 0 < real < claimed
+    everything = read_video(path)
+    assert len(everything) == real
+    # up to the last frames, which lost the B-frames shown before them, it is the full file's start
+    assert np.array_equal(everything[: real - 3], read_video(full, max_frames=real - 3))
+    assert np.array_equal(read_video(path, max_frames=8, start=real - 4), everything[real - 4 :])
+    with pytest.raises(VideoReadError, match=f"no decodable frame at index {real}"):
+        read_video(path, start=real)

@@ -42,6 +42,7 @@ from hpdm.data.video import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     VideoReadError,
+    count_frames,
     probe_num_frames,
     read_image,
     read_video,
@@ -130,6 +131,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.source = source
         self.bad_files: list[str] = []
         self.short_files: list[str] = []
+        self.short_headers: list[str] = []  # files whose header overstates their length (corrected)
         self._bad: set[int] = set()  # entry indices that failed at read time
         self.entries = self._scan(list(entries), probe_workers)
 
@@ -223,14 +225,36 @@ class ClipDataset(torch.utils.data.Dataset):
             still = resize_center_crop(read_image(e.path)[None], self.height, self.width)
             return still.expand(-1, self.num_frames, -1, -1).contiguous()
         if e.num_frames >= self.span:
-            frames = read_video(e.path, self.num_frames, self.clip_start(index), self.frame_stride)
-            # fewer frames than the header promised (truncated file): the short rule on what is there
+            try:
+                frames = read_video(e.path, self.num_frames, self.clip_start(index), self.frame_stride)
+            except VideoReadError:
+                frames = None
+            if (frames is None or len(frames) < self.num_frames) and self._true_length(e):
+                return self.load_clip(index)  # drawn again within the frames that really decode
+            if frames is None:
+                raise VideoReadError(e.path, f"no decodable frame at index {self.clip_start(index)}")
             pos = self._positions(len(frames), 1) if len(frames) < self.num_frames else slice(None)
         else:
             frames = read_video(e.path, max_frames=self.span)
             pos = self._positions(len(frames), self.frame_stride)
         # resize each decoded frame once, then repeat (loop / pad) on the small frames
         return resize_center_crop(frames, self.height, self.width)[:, pos]
+
+    def _true_length(self, e: VideoEntry) -> bool:
+        """A read came back short: count the frames that decode and, when the header promised more,
+        keep the true count in the entry (this process's index) and say so once. True if it changed.
+        The clip start is a pure function of (seed, index, epoch, length), so every worker that
+        corrects the entry draws the same clip."""
+        n = count_frames(e.path)
+        if n >= e.num_frames:
+            return False
+        _warn(
+            f"hpdm: {e.path}: its header says {e.num_frames} frames but {n} decode (a truncated file?); "
+            f"reading it as {n} frames"
+        )
+        self.short_headers.append(str(e.path))
+        e.num_frames = n
+        return True
 
     def __getitem__(self, index: int) -> dict:
         n = len(self)
@@ -303,6 +327,32 @@ class VideoFolderDataset(ClipDataset):
         super().__init__(
             entries, num_frames, height, width, frame_stride, short_video, seed, names, source=str(root)
         )
+        if classes is None:
+            self._drop_empty_classes()
+
+    def _drop_empty_classes(self) -> None:
+        """A class folder none of whose files could be used is no class: drop it, renumber the rest."""
+        used = sorted({e.label for e in self.entries if e.label >= 0})
+        if len(used) == len(self.classes):
+            return
+        empty = [c for i, c in enumerate(self.classes) if i not in set(used)]
+        if not used:
+            raise ValueError(
+                f"VideoFolderDataset: no class folder under {self.source} has a usable file "
+                f"(empty: {', '.join(empty[:_MAX_NAMED])}); check the files (see the warnings above) "
+                "or put videos in one folder per class"
+            )
+        _warn(
+            f"hpdm: dropped {len(empty)} class folder(s) without a usable file under {self.source}: "
+            f"{', '.join(empty[:_MAX_NAMED])}{' ...' if len(empty) > _MAX_NAMED else ''}; "
+            f"{len(used)} classes remain, numbered 0..{len(used) - 1} in name order"
+        )
+        new = {old: i for i, old in enumerate(used)}
+        for e in self.entries:
+            if e.label >= 0:
+                e.label = new[e.label]
+        self.classes = [self.classes[i] for i in used]
+        self.dropped_classes = empty
 
 
 class UCF101Dataset(ClipDataset):

@@ -11,6 +11,7 @@ written to mp4 read back as (3, 18, 34, 3). Crop on the caller's side if the exa
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -180,19 +181,13 @@ def _read_gif(path: Path) -> np.ndarray:
 
 
 def _read_container(path: Path, max_frames: int | None, start: int, stride: int) -> np.ndarray:
-    out: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        stream = _video_stream(container, path)
-        if start >= _SEEK_MIN_START and _seek(container, stream, start):
-            frame_iter = _indexed_after_seek(container, stream, start)
-        else:
-            frame_iter = enumerate(container.decode(stream))
-        for i, frame in frame_iter:
-            if i < start or (i - start) % stride:
-                continue  # decoded (unavoidable) but not converted to RGB
-            out.append(frame.to_ndarray(format="rgb24"))
-            if max_frames is not None and len(out) == max_frames:
-                break
+    out = None
+    if start >= _SEEK_MIN_START:
+        table = _frame_table(path)
+        if table is not None and start < len(table):
+            out = _read_after_seek(path, table, max_frames, start, stride)
+    if out is None:
+        out = _read_sequential(path, max_frames, start, stride)
     if not out:
         return np.zeros((0, 0, 0, 3), np.uint8)
     return np.stack(out)
@@ -204,37 +199,145 @@ def _video_stream(container, path: Path):
     return container.streams.video[0]
 
 
-def _seek(container, stream, start: int) -> bool:
-    """Seek to the key frame at or before frame `start`; False when the stream has no timing to do so."""
-    rate, tb = stream.average_rate, stream.time_base
-    if not rate or not tb:
-        return False
-    t0 = stream.start_time or 0
+def _read_sequential(path: Path, max_frames: int | None, start: int, stride: int) -> list[np.ndarray]:
+    """Decode from the top: the reference every other path must agree with, frame for frame.
+
+    A decoding error after some frames ends the video there (a truncated file is read for what it
+    has); one before any frame is raised."""
+    out: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        i = -1
+        try:
+            for i, frame in enumerate(container.decode(stream)):  # noqa: B007
+                if i < start or (i - start) % stride:
+                    continue  # decoded (unavoidable) but not converted to RGB
+                out.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(out) == max_frames:
+                    break
+        except av.FFmpegError:
+            if i < 0:
+                raise
+    return out
+
+
+# Presentation timestamps of every frame, in order, per file (path, mtime, size): frame i of a
+# sequential decode is the frame with the i-th smallest packet pts. Reading it demuxes the whole
+# file once (no decoding: ~1% of decoding it); later clips of the file are found in the cache.
+_TABLES: OrderedDict[tuple, tuple[int, ...] | None] = OrderedDict()
+_TABLES_MAX = 512
+
+
+def _frame_table(path: Path) -> tuple[int, ...] | None:
+    """Sorted packet pts of the video stream, or None when they cannot place frames exactly
+    (a packet without pts, two packets with one pts, a demuxing error)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _TABLES:
+        _TABLES.move_to_end(key)
+        return _TABLES[key]
+    table = None
     try:
-        container.seek(t0 + int((start / rate) / tb), stream=stream, backward=True, any_frame=False)
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            pts = [p.pts for p in container.demux(stream) if p.size > 0]
+        if pts and None not in pts and len(set(pts)) == len(pts):
+            table = tuple(sorted(pts))
     except av.FFmpegError:
-        return False
-    return True
+        table = None
+    _TABLES[key] = table
+    if len(_TABLES) > _TABLES_MAX:
+        _TABLES.popitem(last=False)
+    return table
 
 
-def _indexed_after_seek(container, stream, start: int):
-    """Yield (frame index, frame) after a seek, index from pts; decode from the top if the seek overshot."""
-    rate, tb = stream.average_rate, stream.time_base
-    t0 = stream.start_time or 0
-    first = True
-    for frame in container.decode(stream):
-        i = None if frame.pts is None else round((frame.pts - t0) * tb * rate)
-        if first:
-            first = False
-            if i is None or i > start:
-                break  # timestamps can't place this frame before the clip: count frames instead
-        elif i is None:
-            return
-        yield i, frame
-    else:
-        return
-    container.seek(0, stream=stream)
-    yield from enumerate(container.decode(stream))
+def _read_after_seek(
+    path: Path, table: tuple[int, ...], max_frames: int | None, start: int, stride: int
+) -> list[np.ndarray] | None:
+    """Frames `start, start + stride, ...` by seeking, or None where that cannot be done exactly.
+
+    Containers seek to what *they* call a key frame (AVI flags every P-frame, and seeks by decode
+    time), so the container's word is not trusted: after a seek, frames count only from the first
+    frame the decoder itself marks as a key frame, and only if its pts is at or before frame
+    `start`; otherwise the seek is retried further back. Every frame from `start` on must then carry
+    exactly the next pts of the table, or the whole read falls back to decoding from the top."""
+    want = table[start]
+    back = 0
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        for _ in range(4):
+            target = table[max(0, start - back)]
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError:
+                return None
+            try:
+                out = _decode_from_key(container, stream, table, want, start, max_frames, stride)
+            except _Inexact:
+                return None
+            if out is not None:
+                return out
+            if start - back <= 0:
+                return None
+            back = 2 * back + 32  # the key frame was after the clip's start: seek further back
+    return None
+
+
+def _decode_from_key(
+    container, stream, table: tuple[int, ...], want: int, start: int, max_frames: int | None, stride: int
+) -> list[np.ndarray] | None:
+    """Decode on from a seek; None when no key frame at or before `want` came first (seek further
+    back); raises `_Inexact` when a frame's pts breaks the table."""
+    out: list[np.ndarray] = []
+    keyed = False
+    index = start  # the frame index the next frame at or after `want` must be
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                raise _Inexact
+            if not keyed:
+                if not frame.key_frame:
+                    continue  # decoded from a reference the seek skipped: not trusted
+                if frame.pts > want:
+                    return None  # the first real key frame is after the clip's start
+                keyed = True
+            if frame.pts < want:
+                continue
+            if index >= len(table) or frame.pts != table[index]:
+                raise _Inexact  # a frame the table does not have, or one missing
+            if (index - start) % stride == 0:
+                out.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(out) == max_frames:
+                    break
+            index += 1
+    except av.FFmpegError:
+        raise _Inexact from None
+    return out if keyed else None
+
+
+class _Inexact(Exception):
+    """A seek-based read cannot be proven to match the sequential decode: decode from the top."""
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames that actually decode (a full decode, no RGB conversion): the true length of a file
+    whose header promises more. Raises `VideoReadError` when none does."""
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            n = 0
+            try:
+                for _ in container.decode(stream):
+                    n += 1
+            except av.FFmpegError:
+                if n == 0:
+                    raise
+    except _READ_ERRORS as err:
+        raise VideoReadError(path, err) from err
+    if n == 0:
+        raise VideoReadError(path, "no frame of the video stream decodes")
+    return n
 
 
 def probe_num_frames(path: str | Path) -> int:
