@@ -195,3 +195,30 @@ def test_a_header_that_overstates_the_length_is_read_for_what_it_has(tmp_path):
     assert np.array_equal(read_video(path, max_frames=8, start=real - 4), everything[real - 4 :])
     with pytest.raises(VideoReadError, match=f"no decodable frame at index {real}"):
         read_video(path, start=real)
+
+
+def test_mpeg_ps_seeks_are_checked_packet_by_packet(tmp_path, monkeypatch):
+    """MPEG-PS hands out timestamps shifted by one frame after a seek (frame 96 came back labelled
+    97, so a clip from 97 started a frame early) and a seek near the end could find no frame at
+    all. Every packet after a seek must be the one a demux from the top reads there, else the
+    clip is decoded from the top."""
+    y, x = np.mgrid[0:32, 0:32]
+    path = tmp_path / "mpeg2_bframes.mpg"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg2video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.gop_size, stream.codec_context.max_b_frames = 24, 2
+        stream.options = {"qscale": "2", "sc_threshold": "1000000000"}
+        for i in range(150):
+            img = np.zeros((32, 32, 3), np.uint8)
+            img[..., 0], img[..., 1] = (x * 6 + i * 2) % 256, (y * 6 + i) % 256
+            img[-4:, :, 2] = np.repeat(((i >> np.arange(8)) & 1) * 255, 4)  # the index in 8 bits
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    monkeypatch.setattr(V, "_SEEK_MIN_START", 10**9)
+    reference = read_video(path)
+    assert len(reference) == 150
+    monkeypatch.setattr(V, "_SEEK_MIN_START", 1)
+    for start in range(150):
+        got = read_video(path, max_frames=8, start=start)
+        assert np.array_equal(got, reference[start : start + 8]), start

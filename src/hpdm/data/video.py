@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -221,30 +222,83 @@ def _read_sequential(path: Path, max_frames: int | None, start: int, stride: int
     return out
 
 
-# Presentation timestamps of every frame, in order, per file (path, mtime, size): frame i of a
-# sequential decode is the frame with the i-th smallest packet pts. Reading it demuxes the whole
-# file once (no decoding: ~1% of decoding it); later clips of the file are found in the cache.
-_TABLES: OrderedDict[tuple, tuple[int, ...] | None] = OrderedDict()
-_TABLES_MAX = 512
+# One row per video packet of a file, as a plain demux reads them, cached per (path, mtime, size):
+# reading it demuxes the whole file once (no decoding: ~1% of decoding it), later clips of the
+# file find it here. A long file's table is a few arrays of its packet count.
+_TABLES: OrderedDict[tuple, _FrameTable | None] = OrderedDict()
+_TABLES_MAX = 256
+# Key frames tried, going back, before a clip read gives up seeking.
+_SEEK_TRIES = 4
 
 
-def _frame_table(path: Path) -> tuple[int, ...] | None:
-    """Sorted packet pts of the video stream, or None when they cannot place frames exactly
-    (a packet without pts, two packets with one pts, a demuxing error)."""
+@dataclass(frozen=True)
+class _FrameTable:
+    """A file's video packets in decode order, and its frames in presentation order.
+
+    Frame i of a sequential decode is the frame with the i-th smallest packet pts (`frame_pts[i]`).
+    Packets are known by (pts, size, key flag): after a seek, every packet must be the one a demux
+    from the top reads at that place, or the seek is not trusted (MPEG-PS, for one, hands out
+    shifted timestamps after a seek)."""
+
+    pts: np.ndarray  # (P,) int64, decode order
+    seek_ts: np.ndarray  # (P,) int64: min(pts, dts), a target every demuxer seeks to at or before
+    size: np.ndarray  # (P,) int64
+    key: np.ndarray  # (P,) bool: the container's key-frame flag
+    frame_pts: np.ndarray  # (P,) int64: sorted pts
+    order: np.ndarray  # (P,) int64: decode position of frame_pts[i]
+
+    def __len__(self) -> int:
+        return len(self.frame_pts)
+
+    @classmethod
+    def from_packets(cls, rows: list[tuple]) -> _FrameTable | None:
+        """rows of (pts, dts, size, key); None when pts cannot place frames (one missing, two equal)."""
+        pts = [r[0] for r in rows]
+        if not rows or None in pts or len(set(pts)) != len(pts):
+            return None
+        p = np.asarray(pts, np.int64)
+        dts = np.asarray([r[0] if r[1] is None else r[1] for r in rows], np.int64)
+        order = np.argsort(p, kind="stable")
+        return cls(
+            p,
+            np.minimum(p, dts),
+            np.asarray([r[2] for r in rows], np.int64),
+            np.asarray([r[3] for r in rows], bool),
+            p[order],
+            order,
+        )
+
+    def position(self, pts: int | None) -> int | None:
+        """Decode position of the packet with this pts, None when there is none."""
+        if pts is None:
+            return None
+        i = int(np.searchsorted(self.frame_pts, pts))
+        return int(self.order[i]) if i < len(self) and self.frame_pts[i] == pts else None
+
+    def matches(self, j: int, packet) -> bool:
+        return (
+            j < len(self)
+            and packet.pts == self.pts[j]
+            and packet.size == self.size[j]
+            and packet.is_keyframe == self.key[j]
+        )
+
+
+def _frame_table(path: Path) -> _FrameTable | None:
+    """The file's packet table, or None when it cannot place frames exactly (a packet without
+    pts, two packets with one pts, a demuxing error): then clips are decoded from the top."""
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key in _TABLES:
         _TABLES.move_to_end(key)
         return _TABLES[key]
-    table = None
     try:
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
-            pts = [p.pts for p in container.demux(stream) if p.size > 0]
-        if pts and None not in pts and len(set(pts)) == len(pts):
-            table = tuple(sorted(pts))
-    except av.FFmpegError:
-        table = None
+            rows = [(p.pts, p.dts, p.size, p.is_keyframe) for p in container.demux(stream) if p.size > 0]
+        table = _FrameTable.from_packets(rows)
+    except (av.FFmpegError, VideoReadError):
+        table = None  # the sequential decode says what is wrong
     _TABLES[key] = table
     if len(_TABLES) > _TABLES_MAX:
         _TABLES.popitem(last=False)
@@ -252,67 +306,73 @@ def _frame_table(path: Path) -> tuple[int, ...] | None:
 
 
 def _read_after_seek(
-    path: Path, table: tuple[int, ...], max_frames: int | None, start: int, stride: int
+    path: Path, table: _FrameTable, max_frames: int | None, start: int, stride: int
 ) -> list[np.ndarray] | None:
-    """Frames `start, start + stride, ...` by seeking, or None where that cannot be done exactly.
+    """Frames `start, start + stride, ...` by seeking, or None where that cannot be proven exact.
 
-    Containers seek to what *they* call a key frame (AVI flags every P-frame, and seeks by decode
-    time), so the container's word is not trusted: after a seek, frames count only from the first
-    frame the decoder itself marks as a key frame, and only if its pts is at or before frame
-    `start`; otherwise the seek is retried further back. Every frame from `start` on must then carry
-    exactly the next pts of the table, or the whole read falls back to decoding from the top."""
-    want = table[start]
-    back = 0
+    Seeks to the last key packet shown at or before frame `start`; when the demuxer lands after
+    it, or the decoder does not take it for a key frame (AVI can flag P-frames), the key packet
+    before it is tried, `_SEEK_TRIES` in all."""
+    want = table.frame_pts[start]
+    keys = np.flatnonzero(table.key & (table.pts <= want))
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
-        for _ in range(4):
-            target = table[max(0, start - back)]
+        for k in keys[::-1][:_SEEK_TRIES]:
             try:
-                container.seek(target, stream=stream, backward=True, any_frame=False)
-            except av.FFmpegError:
-                return None
-            try:
-                out = _decode_from_key(container, stream, table, want, start, max_frames, stride)
-            except _Inexact:
+                out = _decode_from_key(container, stream, table, int(k), start, max_frames, stride)
+            except (_Inexact, av.FFmpegError):
                 return None
             if out is not None:
                 return out
-            if start - back <= 0:
-                return None
-            back = 2 * back + 32  # the key frame was after the clip's start: seek further back
     return None
 
 
 def _decode_from_key(
-    container, stream, table: tuple[int, ...], want: int, start: int, max_frames: int | None, stride: int
+    container, stream, table: _FrameTable, k: int, start: int, max_frames: int | None, stride: int
 ) -> list[np.ndarray] | None:
-    """Decode on from a seek; None when no key frame at or before `want` came first (seek further
-    back); raises `_Inexact` when a frame's pts breaks the table."""
+    """Seek to key packet `k` and decode on. None: try an earlier key packet; raises `_Inexact`
+    when what the demuxer or decoder hands out is not what a sequential read gets."""
+    container.seek(int(table.seek_ts[k]), stream=stream, backward=True, any_frame=False)
+    key_pts, want = table.pts[k], table.frame_pts[start]
     out: list[np.ndarray] = []
+    j = -1  # decode position of the packet just read
+    index = start  # frame index the next frame at or after `want` must have
     keyed = False
-    index = start  # the frame index the next frame at or after `want` must be
-    try:
-        for frame in container.decode(stream):
+    for packet in container.demux(stream):
+        if packet.size > 0:
+            if j < 0:
+                j = table.position(packet.pts)
+                if j is None:
+                    raise _Inexact  # a pts no packet had in a read from the top
+                if j > k:
+                    return None  # landed after the key packet
+            else:
+                j += 1
+            if not table.matches(j, packet):
+                raise _Inexact
+            if j < k:
+                continue  # before the key packet: not needed, not decoded
+        elif j < k:
+            return None  # the stream ended before the key packet
+        for frame in packet.decode():
             if frame.pts is None:
                 raise _Inexact
-            if not keyed:
+            if frame.pts == key_pts:
                 if not frame.key_frame:
-                    continue  # decoded from a reference the seek skipped: not trusted
-                if frame.pts > want:
-                    return None  # the first real key frame is after the clip's start
+                    return None  # the container's key frame, not the decoder's
                 keyed = True
             if frame.pts < want:
-                continue
-            if index >= len(table) or frame.pts != table[index]:
-                raise _Inexact  # a frame the table does not have, or one missing
+                continue  # before the clip (or a leading frame of an open GOP)
+            if not keyed or index >= len(table) or frame.pts != table.frame_pts[index] or frame.is_corrupt:
+                raise _Inexact
             if (index - start) % stride == 0:
                 out.append(frame.to_ndarray(format="rgb24"))
                 if max_frames is not None and len(out) == max_frames:
-                    break
+                    return out
             index += 1
-    except av.FFmpegError:
-        raise _Inexact from None
-    return out if keyed else None
+    if index < len(table):
+        raise _Inexact  # the decode ended before the table did
+    return out
 
 
 class _Inexact(Exception):
