@@ -185,7 +185,8 @@ def _read_container(path: Path, max_frames: int | None, start: int, stride: int)
     out = None
     if start >= _SEEK_MIN_START:
         table = _frame_table(path)
-        if table is not None and start < len(table):
+        # no key packet after the first before the clip: a seek would decode from the top anyway
+        if table is not None and start < len(table) and table.last_key(start) > 0:
             out = _read_after_seek(path, table, max_frames, start, stride)
     if out is None:
         out = _read_sequential(path, max_frames, start, stride)
@@ -275,6 +276,15 @@ class _FrameTable:
         i = int(np.searchsorted(self.frame_pts, pts))
         return int(self.order[i]) if i < len(self) and self.frame_pts[i] == pts else None
 
+    def keys_before(self, start: int) -> np.ndarray:
+        """Decode positions of the key packets shown at or before frame `start`, in order."""
+        return np.flatnonzero(self.key & (self.pts <= self.frame_pts[start]))
+
+    def last_key(self, start: int) -> int:
+        """Decode position of the last key packet shown at or before frame `start` (-1: none)."""
+        keys = self.keys_before(start)
+        return int(keys[-1]) if len(keys) else -1
+
     def matches(self, j: int, packet) -> bool:
         return (
             j < len(self)
@@ -313,8 +323,7 @@ def _read_after_seek(
     Seeks to the last key packet shown at or before frame `start`; when the demuxer lands after
     it, or the decoder does not take it for a key frame (AVI can flag P-frames), the key packet
     before it is tried, `_SEEK_TRIES` in all."""
-    want = table.frame_pts[start]
-    keys = np.flatnonzero(table.key & (table.pts <= want))
+    keys = table.keys_before(start)
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
         for k in keys[::-1][:_SEEK_TRIES]:
