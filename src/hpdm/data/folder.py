@@ -19,6 +19,14 @@ Broken files never stop training: the scan opens every container (threaded) and 
 unreadable ones with one warning naming them; a file that fails later, at read time, is warned
 about once and replaced by the next readable item. `bad_files` lists both kinds (read-time
 failures inside DataLoader workers stay in the worker's copy of the dataset).
+
+Lengths come from the container header at the scan (cheap: no file is read through). A header
+can promise more frames than decode (a truncated download: 444 claimed, 68 decodable), so the
+first read that comes back short counts the frames that decode, keeps that count in the entry
+(`short_headers` lists such files, with one warning each) and draws the clip again within it;
+the file is never called unreadable for it. The correction lives in this process's entries: in
+DataLoader workers it is redone once per worker (the same clip, since starts depend only on
+(seed, index, epoch, length)).
 """
 
 from __future__ import annotations

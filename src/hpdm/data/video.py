@@ -410,7 +410,11 @@ def count_frames(path: str | Path) -> int:
 
 
 def probe_num_frames(path: str | Path) -> int:
-    """Number of frames: from the container header when it has one, else by counting packets."""
+    """Number of frames: from the container header when it has one, else by counting packets.
+
+    Cheap (no decoding) but only the header's word: a truncated file can claim more frames than
+    decode. `count_frames` gives the true length; the datasets call it when a read comes back
+    short, rather than decoding every file at the scan."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
