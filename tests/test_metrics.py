@@ -36,6 +36,7 @@ from hpdm.metrics.fvd import (
     frechet_distance,
     fvd_from_videos,
     load_stats,
+    real_stats_from_videos,
     save_stats,
     videos_from_dir,
 )
@@ -182,6 +183,92 @@ def test_fvd_from_videos_records_protocol_and_caches_real_stats(tmp_path):
         fvd_from_videos(None, _clips(12, 1), num_real=2048, **kwargs)
 
 
+def test_saved_real_stats_give_the_fvd_of_the_real_clips_themselves(tmp_path):
+    ext = _StubExtractor()
+    direct = fvd_from_videos(_clips(12, 0), _clips(10, 1), extractor=ext, progress=False)
+    info = {"dataset": "folder:/data/real", "split": "train", "frame_stride": 1, "real": "somewhere"}
+    stats = tmp_path / "real.npz"
+    mu, sigma, record = real_stats_from_videos(
+        _clips(12, 0), ext, protocol=info, save_path=stats, progress=False
+    )
+    assert record["num_real"] == 12 and record["source_resolution"] == [8, 8]
+    mu2, sigma2, stored = load_stats(stats)
+    np.testing.assert_array_equal(mu, mu2)
+    np.testing.assert_array_equal(sigma, sigma2)
+    assert stored == record
+    # the run names neither dataset nor split: only what changes the numbers is checked
+    again = fvd_from_videos(None, _clips(10, 1), extractor=ext, real_stats_path=stats, progress=False)
+    assert again["fvd"] == pytest.approx(direct["fvd"], rel=1e-6)
+    assert again["protocol"]["dataset"] == "folder:/data/real" and again["protocol"]["real_stats"] == str(
+        stats
+    )
+
+
+class _StubWithWeights(_StubExtractor):
+    def __init__(self, sha: str) -> None:
+        self.weights_sha256 = sha
+
+
+def test_real_stats_protocol_mismatch_is_named_and_descriptions_do_not_block(tmp_path):
+    stats = tmp_path / "real.npz"
+    real_stats_from_videos(
+        _clips(6, 0),
+        _StubWithWeights("a" * 64),
+        protocol={"real": "ucf101: /data/UCF-101", "frame_stride": 1, "source_frames": 16},
+        save_path=stats,
+        progress=False,
+    )
+    fake = _clips(6, 1)
+    ok = dict(extractor=_StubWithWeights("a" * 64), real_stats_path=stats, progress=False)
+    # where the real clips came from, seeds, the fakes' source: descriptive only
+    res = fvd_from_videos(None, fake, protocol={"real": "stats.npz", "seed": 3, "fake": "x"}, **ok)
+    assert np.isfinite(res["fvd"]) and res["num_real"] == 6
+
+    def refused(**kwargs) -> str:
+        with pytest.raises(ValueError) as err:
+            fvd_from_videos(None, kwargs.pop("fake", fake), **{**ok, **kwargs})
+        return str(err.value)
+
+    msg = refused(fake=_clips(6, 1, size=16))
+    assert "source_resolution differs (stored [8, 8], now [16, 16])" in msg
+    assert "6 real clips" in msg and "from 8x8" in msg and "--save-real-stats" in msg
+    msg = refused(extractor=_StubWithWeights("b" * 64))
+    assert "weights_sha256 differs" in msg and "aaaaaaaaaaaa…" in msg
+    assert "num_real differs (stored 6, now 2048)" in refused(num_real=2048)
+    assert "frame_stride differs (stored 1, now 4)" in refused(fake_protocol={"frame_stride": 4})
+    assert "source_frames differs (stored 16, now 4)" in refused(fake_protocol={"source_frames": 4})
+    # statistics without the detector's checksum (written elsewhere, or by hand) are not trusted
+    mu, sigma, stored = load_stats(stats)
+    del stored["weights_sha256"]
+    save_stats(stats, mu, sigma, stored)
+    assert "weights_sha256 is not recorded" in refused()
+
+
+def test_load_stats_refuses_files_that_are_not_hpdm_statistics(tmp_path):
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    np.savez(
+        tmp_path / "objects.npz", mu=np.zeros(2), sigma=np.eye(2), protocol=np.array([{"x": 1}], dtype=object)
+    )
+    np.savez(tmp_path / "shapes.npz", mu=np.zeros(3), sigma=np.eye(2), protocol=np.asarray("{}"))
+    np.savez(tmp_path / "text.npz", mu=np.zeros(2), sigma=np.eye(2), protocol=np.asarray("not json"))
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "garbage.npz").write_bytes(b"hello")
+    expected = {
+        "other.npz": "missing mu, protocol, sigma",
+        "objects.npz": "pickled data, which hpdm never loads",
+        "shapes.npz": "not a mean and its covariance",
+        "text.npz": "not a JSON object",
+        "single.npy": "not an .npz archive",
+        "garbage.npz": "pickled data",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(ValueError, match="--save-real-stats") as err:
+            load_stats(tmp_path / name)
+        assert reason in str(err.value), (name, str(err.value))
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        load_stats(tmp_path / "missing.npz")
+
+
 def test_feature_extractor_preprocess_checks_frames_and_range():
     ext = I3DFeatureExtractor(model=I3D())  # random weights: only preprocessing is exercised
     x = torch.rand(1, 3, 17, 40, 50) * 2 - 1
@@ -216,6 +303,207 @@ def test_videos_from_dir(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no video files"):
         next(videos_from_dir(empty))
+
+
+# ---------------------------------------------------------------- `hpdm eval` on the command line
+
+
+@pytest.fixture(scope="module")
+def video_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Small folders of mp4s: real and fake 32x32 clips, 24x24 fakes, one clip, a too-short clip, none."""
+    from hpdm.data.video import write_video
+
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(7)
+    spec = {
+        "real": (2, 16, 32),
+        "fake": (2, 16, 32),
+        "fake24": (2, 16, 24),
+        "one": (1, 16, 32),
+        "short": (1, 8, 32),
+    }
+    dirs = {}
+    for name, (n, frames, size) in spec.items():
+        d = dirs[name] = root / name
+        d.mkdir()
+        for i in range(n):
+            base = rng.integers(0, 255, (1, size, size, 3))
+            video = np.clip(base + rng.integers(-20, 20, (frames, size, size, 3)), 0, 255).astype(np.uint8)
+            write_video(d / f"clip{i}.mp4", video, fps=8)
+    dirs["empty"] = root / "empty"
+    dirs["empty"].mkdir()
+    return dirs
+
+
+@pytest.mark.filterwarnings("ignore:hpdm. dropped 1 class folder")
+def test_real_fvd_clips_follow_stylegan_v(video_dirs):
+    from hpdm.config import load_config
+    from hpdm.metrics.report import real_fvd_clips
+
+    # a folder dataset of the fixture's 8 videos, one of them 8 frames long
+    cfg = load_config("tiny", ["data.dataset=folder", f"data.path={video_dirs['real'].parent}"])
+    cfg.pyramid.target = (16, 32, 32)
+
+    def clips(num, **kwargs):
+        batches, count, info = real_fvd_clips(cfg, num, batch_size=3, **kwargs)
+        return torch.cat(list(batches)), count, info
+
+    every, count, info = clips(None)
+    # min(2048, videos in the split), the one too short for a 16-frame clip dropped (StyleGAN-V)
+    assert count == 7 and every.shape == (7, 3, 16, 32, 32) and every.abs().max() <= 1
+    assert info["split"] == "train" and info["source_frames"] == 16 and info["source_resolution"] == [32, 32]
+    assert "StyleGAN-V" in info["clip_sampling"]
+    first, count, _ = clips(3)
+    assert count == 3 and torch.equal(first, every[:3])  # the first videos, in dataset order
+    shuffled, _, info = clips(3, order="shuffled", seed=5)
+    assert not torch.equal(shuffled, first) and "random subset (seed 5)" in info["clip_sampling"]
+    assert any(torch.equal(clip, other) for clip in shuffled[:1] for other in every)  # same clip per video
+    # pyramid targets shorter than 16 frames: clips of that many frames, repeated like the fakes'
+    cfg.pyramid.target = (4, 32, 32)
+    short, count, info = clips(None)
+    assert count == 8 and info["source_frames"] == 4  # 8 frames are enough for a 4-frame clip
+    assert torch.equal(short[:, :, 0], short[:, :, 3]) and not torch.equal(short[:, :, 0], short[:, :, 4])
+
+
+def _eval(args: list[str], capsys) -> tuple[int, str]:
+    """Run `hpdm eval ...` in-process: (exit code, last line on stderr); no traceback may escape."""
+    from hpdm.cli import main
+
+    try:
+        rc = main(["eval", *map(str, args)])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err.strip().splitlines()[-1] if err.strip() else ""
+
+
+@needs_i3d
+def test_eval_fvd_cli_saves_real_stats_once_and_reuses_them(i3d, video_dirs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("hpdm.metrics.fvd.load_i3d", lambda *args, **kwargs: i3d)  # load once per module
+    stats, a, b = tmp_path / "real_stats.npz", tmp_path / "a.json", tmp_path / "b.json"
+    real, fake = video_dirs["real"], video_dirs["fake"]
+    assert _eval(["fvd", "--real", real, "--save-real-stats", stats, "--batch-size", 2], capsys)[0] == 0
+    _, _, stored = load_stats(stats)
+    assert stored["num_real"] == 2 and stored["source_resolution"] == [32, 32] and stored["frame_stride"] == 1
+    assert len(stored["weights_sha256"]) == 64
+    # the stored statistics as --real: no protocol field of theirs is refused (the old CLI always
+    # refused them, comparing their dataset description with the .npz path)
+    args = ["--fake", fake, "--num-fake", 2, "--batch-size", 2]
+    assert _eval(["fvd", "--real", stats, *args, "--out", a], capsys)[0] == 0
+    assert _eval(["fvd", "--real", real, *args, "--out", b], capsys)[0] == 0
+    reused, direct = json.loads(a.read_text()), json.loads(b.read_text())
+    assert reused["fvd"] == pytest.approx(direct["fvd"], rel=1e-6) and direct["fvd"] > 0
+    assert reused["num_real"] == direct["num_real"] == 2 and reused["protocol"]["real_stats"] == str(stats)
+    assert reused["protocol"]["dataset"] == f"folder:{real.resolve()}"
+    # fakes of another size do not fit: refused by name, before any fake goes through I3D
+    rc, err = _eval(["fvd", "--real", stats, "--fake", video_dirs["fake24"], "--num-fake", 2], capsys)
+    assert rc == 2 and err.startswith("hpdm: error:")
+    assert "source_resolution differs (stored [32, 32], now [24, 24])" in err
+
+
+class _StubI3D(_StubExtractor):
+    """`I3DFeatureExtractor` without weights, for the command-line error paths."""
+
+    weights_sha256 = "0" * 64
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fvd", "--real", "tiny", "--fake", "F", "--num-fake", "0"],
+        ["fvd", "--real", "tiny", "--fake", "F", "--num-fake", "-5"],
+        ["fvd", "--real", "tiny", "--fake", "F", "--num-real", "1"],
+        ["fvd", "--real", "tiny", "--fake", "F", "--batch-size", "0"],
+        ["fvd", "--real", "tiny", "--ckpt", "R", "--steps", "0"],
+        ["report", "--ckpt", "R", "--num", "0"],
+        ["report", "--ckpt", "R", "--num", "1"],
+        ["is", "--weights", "W", "--fake", "F", "--num-fake", "0"],
+        ["is", "--weights", "W", "--fake", "F", "--splits", "-1"],
+        ["train-classifier", "--out", "C", "--steps", "0"],
+        ["train-classifier", "--out", "C", "--shape-size", "0.2", "2"],
+    ],
+)
+def test_eval_counts_out_of_range_are_refused_by_the_parser(args, capsys):
+    rc, err = _eval(args, capsys)
+    assert rc == 2 and ": error: argument " in err
+    assert any(hint in err for hint in ("(a whole number >= ", "sampling steps must be >= 1", "in (0, 1)"))
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["fvd", "--real", "tiny", "--fake", "{tmp}/missing"], "--fake {tmp}/missing: no such folder"),
+        (["fvd", "--real", "{tmp}/missing.npz", "--fake", "{fake}"], "do not exist; write them with"),
+        (
+            ["fvd", "--real", "{tmp}/missing_dir", "--fake", "{fake}"],
+            "--real {tmp}/missing_dir: no such folder",
+        ),
+        (["fvd", "--real", "tiny", "--ckpt", "{tmp}/missing"], "no checkpoint found at {tmp}/missing"),
+        (["report", "--ckpt", "{tmp}/missing"], "no checkpoint found"),
+        (["report", "--ckpt", "R", "--classifier", "{tmp}/missing.safetensors"], "no such file; train one"),
+        (["is", "--weights", "{tmp}/missing.pt", "--fake", "{fake}", "--num-fake", "10"], "not found"),
+    ],
+)
+def test_eval_missing_paths_say_which_and_what_to_give(args, says, video_dirs, tmp_path, capsys):
+    fill = {"tmp": tmp_path, "fake": video_dirs["fake"]}
+    rc, err = _eval([a.format(**fill) for a in args], capsys)
+    assert rc == 2 and err.startswith("hpdm: error:") and says.format(**fill) in err
+
+
+def test_eval_fvd_refuses_stats_that_are_not_hpdm_statistics(video_dirs, tmp_path, capsys):
+    np.savez(tmp_path / "other.npz", features=np.zeros((4, 400)))
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    for name in ("other.npz", "broken.npz"):
+        rc, err = _eval(["fvd", "--real", tmp_path / name, "--fake", video_dirs["fake"]], capsys)
+        assert rc == 2 and "is not an hpdm FVD statistics file" in err and "--save-real-stats" in err
+
+
+def test_eval_fvd_real_folder_without_usable_videos(video_dirs, tmp_path, capsys):
+    rc, err = _eval(["fvd", "--real", video_dirs["empty"], "--save-real-stats", tmp_path / "s.npz"], capsys)
+    assert rc == 2 and "no video files" in err and "give a folder that holds the clips" in err
+    with pytest.warns(UserWarning, match="shorter than 16 frames"):
+        rc, err = _eval(
+            ["fvd", "--real", video_dirs["short"], "--save-real-stats", tmp_path / "s.npz"], capsys
+        )
+    assert rc == 2 and "no video there has 16 frames" in err
+
+
+def test_eval_fvd_too_few_clips_for_a_covariance(video_dirs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("hpdm.metrics.fvd.I3DFeatureExtractor", _StubI3D)
+    rc, err = _eval(["fvd", "--real", video_dirs["one"], "--save-real-stats", tmp_path / "s.npz"], capsys)
+    assert rc == 2 and "FVD needs at least 2 real clips for a covariance, got 1" in err
+    assert not (tmp_path / "s.npz").exists()
+    args = ["fvd", "--real", video_dirs["real"], "--fake", video_dirs["one"], "--num-fake", "2", "--out"]
+    rc, err = _eval([*args, tmp_path / "f.json"], capsys)
+    assert rc == 2 and "only 1 fake clips were available but 2 were requested" in err and "--num-fake" in err
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["fvd", "--real", "tiny"], "nothing to do: give --fake DIR or --ckpt RUN"),
+        (
+            ["fvd", "--real", "tiny", "--fake", "{fake}", "--ckpt", "R"],
+            "give one of --fake DIR and --ckpt RUN",
+        ),
+        (["fvd", "--real", "{tmp}/s.npz", "--save-real-stats", "{tmp}/t.npz"], "already statistics"),
+        (["fvd", "--real", "{fake}", "--fake", "{fake}", "data.path=x"], "overrides apply to a config"),
+        (["fvd", "--real", "tiny", "--fake", "{fake}", "--out", "{tmp}"], "is a folder; give a file name"),
+        (
+            ["is", "--weights", "W", "--fake", "{fake}", "--num-fake", "4"],
+            "--splits 10 is more than --num-fake 4",
+        ),
+        (["train-classifier", "--out", "{tmp}/c", "--shape-size", "0.3", "0.1"], "give LO <= HI"),
+    ],
+)
+def test_eval_conflicting_options_are_refused_up_front(args, says, video_dirs, tmp_path, capsys):
+    fill = {"tmp": tmp_path, "fake": video_dirs["fake"]}
+    rc, err = _eval([a.format(**fill) for a in args], capsys)
+    assert rc == 2 and err.startswith("hpdm: error:") and says.format(**fill) in err
 
 
 # ---------------------------------------------------------------- I3D

