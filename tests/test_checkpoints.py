@@ -20,7 +20,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def run(tmp_path_factory) -> Path:
     """A tiny run with checkpoints at steps 2 and 4."""
     out = tmp_path_factory.mktemp("ckrun")
-    assert main(["train", "tiny", "train.steps=4", "train.ckpt_every=2", f"train.out_dir={out}"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `single_thread`, which a module fixture cannot use
+    try:
+        argv = ["train", "tiny", "train.steps=4", "train.ckpt_every=2", "train.batch_size=2"]
+        assert main([*argv, f"train.out_dir={out}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -78,9 +84,14 @@ def test_weights_of_another_config_are_named(run, tmp_path, capsys):
     mixed = tmp_path / "mixed"
     shutil.copytree(list_checkpoints(run)[-1], mixed)
     shutil.copy(list_checkpoints(other)[-1] / "ema.safetensors", mixed / "ema.safetensors")
-    assert main(["sample", "--ckpt", str(mixed), "--num", "1", "--quiet", "--out", str(tmp_path / "s")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "ema.safetensors does not fit the model" in err and "\n" not in err
+    for argv in (
+        ["sample", "--ckpt", str(mixed), "--num", "1", "--quiet", "--out", str(tmp_path / "s")],
+        ["export", "--ckpt", str(mixed), "--out", str(tmp_path / "e")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert f"{mixed / 'ema.safetensors'}" in err and "fit the model" in err and "\n" not in err
+    assert not (tmp_path / "e" / "model.safetensors").exists()  # checked before anything is written
 
 
 def test_resume_auto_skips_a_corrupt_newest_checkpoint(run, tmp_path, tiny_config):
@@ -99,15 +110,42 @@ def test_resume_auto_skips_a_corrupt_newest_checkpoint(run, tmp_path, tiny_confi
     assert [p.name for p in list_checkpoints(broken)][-1] == "step_0000006"
 
 
-def test_resume_auto_with_every_checkpoint_corrupt_starts_fresh_with_warnings(run, tmp_path, tiny_config):
+def test_resume_auto_with_every_checkpoint_corrupt_is_an_error_that_changes_nothing(run, tmp_path, capsys):
     dest = tmp_path / "allbad"
     shutil.copytree(run, dest)
     for ck in list_checkpoints(dest):
         (ck / "model.safetensors").write_bytes(b"")
-    cfg = tiny_config("train.steps=2", f"train.out_dir={dest}")
     with pytest.warns(UserWarning, match="skipping"):
-        tr = Trainer(cfg, resume="auto", progress=False)
-    assert tr.step == 0
+        assert main(["train", "tiny", "train.steps=6", f"train.out_dir={dest}", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none of the 2 checkpoint(s)" in err and "none was moved" in err and "\n" not in err
+    assert [p.name for p in list_checkpoints(dest)] == ["step_0000002", "step_0000004"]
+
+
+def test_resume_auto_with_another_config_stops_and_sets_nothing_aside(run, tmp_path, capsys):
+    """Readable checkpoints that do not fit the given config: the config is wrong, not the run."""
+    dest = tmp_path / "other"
+    shutil.copytree(run, dest)
+    argv = ["train", "tiny", "model.dim=16", "train.steps=6", f"train.out_dir={dest}", "--resume", "auto"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "step_0000004/model.safetensors: its tensors do not fit this config" in err and "\n" not in err
+    assert "config.yaml" in err
+    assert sorted(p.name for p in (dest / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
+
+
+def test_a_second_corrupt_checkpoint_of_the_same_step_is_set_aside_beside_the_first(
+    run, tmp_path, tiny_config
+):
+    broken = _broken_copy(run, tmp_path, "ema.safetensors", "truncated")
+    root = broken / "checkpoints"
+    shutil.copytree(root / "step_0000004", root / "corrupt_step_0000004")  # set aside by an earlier resume
+    (root / "corrupt_step_0000004" / "note").write_text("keep me")
+    with pytest.warns(UserWarning, match="skipping step_0000004"):
+        tr = Trainer(tiny_config("train.steps=6", f"train.out_dir={broken}"), resume="auto", progress=False)
+    assert tr.step == 2
+    assert (root / "corrupt_step_0000004" / "note").read_text() == "keep me"
+    assert (root / "corrupt_step_0000004.1" / "ema.safetensors").exists()
 
 
 def test_leftovers_of_an_interrupted_save_or_prune_are_cleaned_at_start(run, tmp_path, tiny_config):
@@ -116,13 +154,20 @@ def test_leftovers_of_an_interrupted_save_or_prune_are_cleaned_at_start(run, tmp
     root = dest / "checkpoints"
     shutil.copytree(root / "step_0000004", root / ".tmp_step_0000006")  # a save killed before its rename
     shutil.copytree(root / "step_0000002", root / ".del_step_0000000")  # a prune killed mid-delete
-    half = root / "step_0000001"  # a folder deleted halfway by hand: state.json left, weights gone
-    shutil.copytree(root / "step_0000002", half)
-    (half / "model.safetensors").unlink()
-    with pytest.warns(UserWarning, match="leftover"):
+    half = root / "step_0000005"  # cut short outside hpdm: state.json and EMA left, training.pt gone
+    shutil.copytree(root / "step_0000004", half)
+    (half / "training.pt").unlink()
+    with pytest.warns(UserWarning) as caught:
         tr = Trainer(tiny_config("train.steps=6", f"train.out_dir={dest}"), resume="auto", progress=False)
+    said = " ".join(str(w.message) for w in caught)
+    assert "removed 2 leftover(s)" in said and "set aside 1 checkpoint folder(s)" in said
     assert tr.step == 4
-    assert sorted(p.name for p in root.iterdir()) == ["step_0000002", "step_0000004"]
+    # hpdm's own temporaries are gone; a folder that may still hold usable weights is kept aside
+    assert sorted(p.name for p in root.iterdir()) == [
+        "incomplete_step_0000005",
+        "step_0000002",
+        "step_0000004",
+    ]
     assert clean_leftovers(dest) == []
 
 

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+import hpdm.checkpoint as ckpt_mod
 import hpdm.train as train_mod
-from hpdm.data import build_dataset
+from hpdm.data import batch_stream, build_dataset
 from hpdm.data.shapes import ShapesDataset
 from hpdm.pyramid import extract_patches, sample_boxes
 from hpdm.train import Trainer, TrainingDiverged, list_checkpoints, load_model, resolve_checkpoint
@@ -113,13 +114,37 @@ def test_resume_is_bit_exact(tiny_config, tmp_path, variant):
     assert logs[0] == logs[1] and len(logs[0]) == 2
 
 
+def test_the_stream_reads_each_video_in_the_epoch_of_its_position(tmp_path):
+    """A video's clip is drawn from (seed, index, epoch) with the epoch of its place in the stream:
+    a new clip every pass over the data, the same whether workers or the main process read it."""
+    from hpdm.data.folder import VideoFolderDataset
+    from hpdm.data.video import write_video
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(3):  # 24 frames, clips of 4: 21 possible starts
+        write_video(tmp_path / "v" / "a" / f"{i}.mp4", torch.rand(3, 24, 16, 16, generator=g) * 2 - 1)
+    ds = VideoFolderDataset(tmp_path / "v", 4, 16, 16, seed=3)
+    seen = {}
+    for workers in (0, 2):
+        stream = batch_stream(ds, 3, seed=1, num_workers=workers)  # one step = one epoch of 3 videos
+        seen[workers] = [next(stream) for _ in range(4)]
+    for a, b in zip(seen[0], seen[2]):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+    for epoch, batch in enumerate(seen[0]):
+        ds.set_epoch(epoch)
+        for i, video in zip(batch["index"].tolist(), batch["video"]):
+            assert torch.equal(video, ds[i]["video"])
+    clips = {e: dict(zip(b["index"].tolist(), b["video"])) for e, b in enumerate(seen[0])}
+    assert not all(torch.equal(clips[0][i], clips[1][i]) for i in range(3))  # a new pass, new clips
+
+
 def test_interrupted_save_keeps_previous_checkpoint(tiny_config, monkeypatch):
     cfg = tiny_config("train.steps=4", "train.ckpt_every=2", "train.batch_size=2")
     tr = Trainer(cfg, progress=False)
     tr.train(until=2)
     ema_at_2 = {k: v.clone() for k, v in tr.ema.state_dict().items()}
 
-    real_save, calls = train_mod.save_file, []
+    real_save, calls = ckpt_mod.save_file, []
 
     def failing_save(tensors, filename, *args, **kwargs):
         calls.append(filename)
@@ -127,7 +152,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tiny_config, monkeypatch):
             raise OSError("disk full (simulated)")
         return real_save(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "save_file", failing_save)
+    monkeypatch.setattr(ckpt_mod, "save_file", failing_save)
     with pytest.raises(OSError, match="simulated"):
         tr.train()
     monkeypatch.undo()

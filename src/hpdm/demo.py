@@ -7,63 +7,19 @@ procedural `shapes` dataset (see `assets/demo/README.md` for the exact command a
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from importlib import resources
 from pathlib import Path
 
-from safetensors.torch import save_file
-
+from hpdm.checkpoint import export_checkpoint, load_model
 from hpdm.config import load_config, save_config
 from hpdm.data.shapes import SHAPES_CLASSES
+
+__all__ = ["demo_checkpoint", "export_checkpoint", "run_demo"]  # export_checkpoint lives in hpdm.checkpoint
 
 
 def demo_checkpoint() -> Path:
     return Path(str(resources.files("hpdm") / "assets" / "demo"))
-
-
-def export_checkpoint(
-    ckpt: str | Path,
-    out: str | Path,
-    ema: bool = True,
-    half: bool = False,
-    overrides: list[str] | None = None,
-) -> Path:
-    """Write a release checkpoint: the (EMA) weights as `model.safetensors`, config and state.
-
-    `half`: store floating-point weights as fp16 (half the file; loading casts them back to the
-    model's fp32), e.g. for an autoguidance guide shipped beside a model. `overrides`: `sample.*`
-    and `data.*` settings written into the released config (e.g. `sample.guide=guide`)."""
-    from hpdm.checkpoint import read_config, read_step, read_weights, resolve_checkpoint
-    from hpdm.config import ConfigError
-
-    bad = [o for o in overrides or [] if not o.strip().startswith(("sample.", "data."))]
-    if bad:
-        raise ConfigError(
-            f"{' '.join(bad)}: an export takes only sample.* and data.* settings (e.g. sample.guide=guide); "
-            "the others would no longer describe the weights"
-        )
-
-    ck = resolve_checkpoint(ckpt)
-    name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
-    state_dict = read_weights(ck / name)
-    cfg = read_config(ck, overrides)  # checked before anything is written
-    read_step(ck)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if half:
-        state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
-    save_file(state_dict, str(out / "model.safetensors"), metadata={"weights": name})
-    if overrides:
-        save_config(cfg, out / "config.yaml")
-    else:
-        shutil.copy(ck / "config.yaml", out / "config.yaml")
-    state = json.loads((ck / "state.json").read_text())
-    state["exported_from"] = str(ck)
-    state["weights"] = ("ema" if name.startswith("ema") else "raw") + ("-fp16" if half else "")
-    (out / "state.json").write_text(json.dumps(state, indent=2))
-    return out
 
 
 def run_demo(
@@ -81,7 +37,7 @@ def run_demo(
 
     from hpdm.cli import save_outputs
     from hpdm.sampling import Cascade
-    from hpdm.train import Trainer, load_model, pick_device
+    from hpdm.train import Trainer, pick_device
 
     out = Path(out)
     t0 = time.perf_counter()

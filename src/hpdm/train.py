@@ -1,10 +1,7 @@
 """The training loop: patch pyramids → EDM loss → optimiser, EMA, atomic checkpoints, exact resume.
 
-A checkpoint is a directory `step_XXXXXXX/` holding `model.safetensors`, `ema.safetensors`,
-`training.pt` (optimizer, scheduler and RNG states; read back with `weights_only=True`),
-`config.yaml` and `state.json`. It is written under a temporary name and renamed, so a crash
-mid-save leaves the previous checkpoint intact and a directory without the temporary prefix is
-always complete.
+Checkpoints are written, read and cleaned up by `hpdm.checkpoint` (see docs/training.md); the
+trainer gathers the states and decides what to resume from.
 """
 
 from __future__ import annotations
@@ -12,14 +9,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import shutil
 import time
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from hpdm import distributed as dist
@@ -27,18 +21,19 @@ from hpdm.checkpoint import (
     CKPT_PREFIX,
     TMP_PREFIX,
     CheckpointError,
+    CheckpointMismatch,
+    check_fits,
     clean_leftovers,
     list_checkpoints,
-    load_state_dict,
-    read_config,
+    load_model,
     read_step,
     read_training_state,
     read_weights,
-    remove_checkpoint,
     resolve_checkpoint,
+    save_checkpoint,
     set_aside,
 )
-from hpdm.config import Config, ConfigError, save_config
+from hpdm.config import Config, save_config
 from hpdm.data import batch_stream, build_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
@@ -87,47 +82,6 @@ def pick_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def load_model(
-    path: str | Path, ema: bool = True, device=None, overrides: list[str] | None = None
-) -> tuple[HPDM, Config]:
-    """Build the model from a checkpoint's config and load its (EMA) weights.
-
-    `overrides`: `sample.key=value` settings for generation (e.g. `sample.S_churn=0`); anything
-    else would no longer describe the saved weights and is refused."""
-    ck = resolve_checkpoint(path)
-    bad = [o for o in overrides or [] if not o.strip().startswith("sample.")]
-    if bad:
-        raise ConfigError(
-            f"{' '.join(bad)}: a trained model takes only sampling overrides (sample.key=value, e.g. "
-            "sample.S_churn=0 or sample.cfg_interval=[2,80]); train a new run to change anything else"
-        )
-    cfg = read_config(ck, overrides or [])
-    for key in ("guide", "base"):
-        if getattr(cfg.sample, key):
-            setattr(cfg.sample, key, str(_companion_path(getattr(cfg.sample, key), ck, key)))
-    model = HPDM(cfg)
-    name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
-    load_state_dict(model, read_weights(ck / name), ck / name)
-    return model.to(device or "cpu").eval(), cfg
-
-
-def _companion_path(path: str, ck: Path, key: str) -> Path:
-    """`sample.guide` or `sample.base` as a path: next to the checkpoint first (a shipped model
-    names its companions' folders), then as given."""
-    for p in (ck / path, Path(path)):
-        if (p / "state.json").exists() and (p / "model.safetensors").exists() or list_checkpoints(p):
-            return p.resolve()
-    role = "guiding" if key == "guide" else "level-0"
-    raise ConfigError(
-        f"sample.{key}={path}: no checkpoint there (looked in {ck / path} and {Path(path).resolve()}); "
-        f"give the run or checkpoint folder of the {role} model, or sample.{key}=null to sample without it"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,21 +156,35 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
+        """`--resume DIR`: exactly that checkpoint. `--resume auto`: the newest readable one of this run,
+        setting unreadable newer ones aside as `corrupt_step_*`; a checkpoint that reads but does not
+        fit this config stops the run (it is the config that is wrong, not the checkpoint)."""
         if resume != "auto":
             self.load_checkpoint(resolve_checkpoint(resume))
             return
-        bad = []
-        for ck in reversed(list_checkpoints(self.out_dir)):  # newest first; none: start fresh
+        cks = list_checkpoints(self.out_dir)
+        bad: list[tuple[Path, CheckpointError]] = []
+        for ck in reversed(cks):  # newest first; none at all: start fresh
             try:
-                self._apply(self._read(ck))
-                break
+                st = self._read(ck)
+            except CheckpointMismatch:
+                raise
             except CheckpointError as e:
-                warnings.warn(f"--resume auto: skipping {ck.name}: {e}", stacklevel=2)
-                bad.append(ck)
+                warnings.warn(f"--resume auto: skipping {ck.name}: {e}", stacklevel=3)
+                bad.append((ck, e))
+                continue
+            self._apply(st)
+            break
+        if bad and len(bad) == len(cks):
+            raise CheckpointError(
+                f"--resume auto: none of the {len(cks)} checkpoint(s) in {self.out_dir / 'checkpoints'} is "
+                f"readable (newest: {bad[0][1]}); none was moved. Move them away to start the run "
+                "afresh, or train into another train.out_dir"
+            )
         if bad:
             dist.barrier(self.ctx)  # every rank has read before the bad ones move
             if self.ctx.is_main:
-                moved = [set_aside(ck) for ck in bad]
+                moved = [set_aside(ck) for ck, _ in bad]
                 print(
                     f"resumed from step {self.step}; set aside the unreadable checkpoint(s) as "
                     f"{', '.join(str(m) for m in moved)} (delete them when you no longer need them)"
@@ -226,21 +194,18 @@ class Trainer:
         self._apply(self._read(ck))
 
     def _read(self, ck: Path) -> dict:
-        """Every file of a checkpoint, read and checked before anything is changed."""
+        """Every file of a checkpoint, read and checked against the model before anything is changed."""
         if not ck.is_dir():
             raise FileNotFoundError(f"no checkpoint folder at {ck}")
         out = {"ck": ck, "step": read_step(ck), "training": read_training_state(ck / "training.pt")}
-        want = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         for name in ("model", "ema"):
-            path = ck / f"{name}.safetensors"
-            out[name] = read_weights(path)
-            got = {k: tuple(v.shape) for k, v in out[name].items()}
-            if got != want:
-                diff = sorted(set(got) ^ set(want)) or [k for k in want if got[k] != want[k]]
-                raise CheckpointError(
-                    f"{path}: its tensors do not fit this config (first difference: {diff[0]}); resume "
-                    "with the config the run was trained with (its config.yaml), or start a new run"
-                )
+            out[name] = read_weights(ck / f"{name}.safetensors")
+        fix = (
+            "this config; resume with the config the run was trained with (its config.yaml), "
+            "or give a new run its own train.out_dir"
+        )
+        for name in ("model", "ema"):
+            check_fits(self.model, out[name], ck / f"{name}.safetensors", fix)
         return out
 
     def _apply(self, st: dict) -> None:
@@ -251,7 +216,7 @@ class Trainer:
         except RuntimeError as e:
             if isinstance(e, CheckpointError):
                 raise
-            raise CheckpointError(
+            raise CheckpointMismatch(
                 f"{ck}: its weights do not fit this config ({' '.join(str(e).split())[:300]}); resume "
                 "with the config the run was trained with (its config.yaml)"
             ) from None
@@ -260,7 +225,7 @@ class Trainer:
             dist.load_optimizer_state(self.net, self.opt, tr["optimizer"], self.ctx)
             self.sched.load_state_dict(tr["scheduler"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(
+            raise CheckpointMismatch(
                 f"{ck / 'training.pt'}: the optimizer state does not fit this run "
                 f"({' '.join(str(e).split())[:200]}); resume with the run's own config and train.optimizer"
             ) from None
@@ -274,7 +239,7 @@ class Trainer:
         self.step = st["step"]
 
     def save_checkpoint(self) -> Path | None:
-        """Atomic save: write `.tmp_step_N/`, then rename to `step_N/`; prune to `train.keep`."""
+        """Gather the states (a collective under DDP/FSDP) and let rank 0 write them atomically."""
         model_state = dist.model_state(self.net, self.model, self.ctx)
         ema_state = dist.model_state(None, self.ema, self.ctx)
         opt_state = dist.optimizer_state(self.net, self.opt, self.ctx)
@@ -282,37 +247,18 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
         rngs = dist.gather_objects(rng, self.ctx)
-        if not self.ctx.is_main:
-            dist.barrier(self.ctx)
-            return None
-        root = self.out_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"{CKPT_PREFIX}{self.step:07d}"
-        tmp, final = root / f"{TMP_PREFIX}{name}", root / name
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors")
-        )
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors")
-        )
-        torch.save(
-            {"optimizer": opt_state, "scheduler": self.sched.state_dict(), "rng": rngs}, tmp / "training.pt"
-        )
-        save_config(self.cfg, tmp / "config.yaml")
-        state = {
-            "step": self.step,
-            "data_position": self.step * self.global_batch,
-            "time": time.time(),
-            "world_size": self.ctx.world,
-        }
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(self.out_dir)[: -self.cfg.train.keep]:
-            remove_checkpoint(old)
+        final = None
+        if self.ctx.is_main:
+            final = save_checkpoint(
+                self.out_dir,
+                self.step,
+                model_state,
+                ema_state,
+                {"optimizer": opt_state, "scheduler": self.sched.state_dict(), "rng": rngs},
+                self.cfg,
+                {"data_position": self.step * self.global_batch, "world_size": self.ctx.world},
+                keep=self.cfg.train.keep,
+            )
         dist.barrier(self.ctx)
         return final
 

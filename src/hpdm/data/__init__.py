@@ -2,7 +2,9 @@
 
 Every dataset item is a dict `{"video": (3, F, H, W) float in [-1, 1], "label": int,
 "caption": str, "index": int}`. The batch of step `s` depends only on `(seed, s, rank)`, so a
-resumed run sees exactly the batches an uninterrupted run would have seen.
+resumed run sees exactly the batches an uninterrupted run would have seen. A dataset with
+`set_epoch` (the real-video ones: the epoch picks each video's clip) is given the epoch of every
+item's position in the stream, inside whichever DataLoader worker reads it.
 """
 
 from __future__ import annotations
@@ -56,28 +58,51 @@ class StepBatchSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self) -> Iterator[tuple[list[int], list[int]]]:
+        """(indices, epochs) of every step from `start_step` on: epoch = stream position // n."""
         gb = self.batch * self.world
         step = self.start
         cache: dict[int, torch.Tensor] = {}
         while True:
             first = step * gb + self.rank * self.batch
-            idx = []
+            idx, epochs = [], []
             for pos in range(first, first + self.batch):
                 epoch = pos // self.n
                 if epoch not in cache:
                     cache.clear()
                     cache[epoch] = self._perm(epoch)
                 idx.append(int(cache[epoch][pos % self.n]))
-            yield idx
+                epochs.append(epoch)
+            yield idx, epochs
             step += 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx, _ in self.batches():
+            yield idx
 
     def __len__(self) -> int:  # an endless stream
         return 2**62
 
 
+class _WithEpochs(Sampler):
+    """A `StepBatchSampler` yielding (indices, epochs): the workers set each item's epoch themselves."""
+
+    def __init__(self, sampler: StepBatchSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
+        return self.sampler.batches()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class _Batched(Dataset):
-    """Wraps a dataset so that one fetch returns a whole batch (vectorised when it has get_batch)."""
+    """Wraps a dataset so that one fetch returns a whole batch (vectorised when it has get_batch).
+
+    A fetch is `(indices, epochs)`: a dataset with `set_epoch` reads item i in its epoch (this
+    copy of the dataset: each DataLoader worker holds its own), so its clip depends only on
+    (seed, index, epoch), never on which worker reads it or what that worker read before."""
 
     def __init__(self, ds: Dataset):
         self.ds = ds
@@ -85,11 +110,17 @@ class _Batched(Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, indices: list[int]) -> dict:
-        if hasattr(self.ds, "get_batch"):
+    def _item(self, i: int, epoch: int) -> dict:
+        if hasattr(self.ds, "set_epoch") and getattr(self.ds, "epoch", None) != epoch:
+            self.ds.set_epoch(epoch)
+        return self.ds[i]
+
+    def __getitem__(self, key: tuple[list[int], list[int]]) -> dict:
+        indices, epochs = key
+        if hasattr(self.ds, "get_batch") and not hasattr(self.ds, "set_epoch"):
             b = self.ds.get_batch(indices)
         else:
-            items = [self.ds[i] for i in indices]
+            items = [self._item(i, e) for i, e in zip(indices, epochs)]
             b = {
                 "video": torch.stack([it["video"] for it in items]),
                 "label": torch.tensor([int(it["label"]) for it in items]),
@@ -110,7 +141,7 @@ def batch_stream(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[dict]:
-    sampler = StepBatchSampler(len(ds), batch_size, seed, start_step, rank, world)
+    sampler = _WithEpochs(StepBatchSampler(len(ds), batch_size, seed, start_step, rank, world))
     loader = DataLoader(
         _Batched(ds),
         sampler=sampler,
