@@ -1,16 +1,16 @@
 """The training step's per-video random draws (boxes, σ, noise, condition dropout, clean context):
 the vectorised list-of-generators path against drawing each video as a batch of one, side by side,
-at the demo size. Each video owns its generators (keyed by its stream position), so the draws
+at the demo size (or any preset's). Each video owns its generators (keyed by its stream position), so the draws
 cannot be one batched call; what matters on a GPU is how many operations, each a kernel launch,
 a step issues per video.
 
-    python benchmarks/bench_draws.py [--batch 8 128] [--device cpu|cuda] [--repeats 5]
+    python benchmarks/bench_draws.py [--preset demo] [--batch 8 128] [--device cpu|cuda] [--repeats 5]
+    python benchmarks/bench_draws.py --smoke         # seconds: checks that it runs
 """
 
-import argparse
-import platform
 import time
 
+import common as bc
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -49,20 +49,21 @@ def measure(fn, make_gens, repeats: int, device) -> tuple[float, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bc.new_parser(__doc__)
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 128])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=5)
+    bc.add_smoke_arg(ap)
     args = ap.parse_args()
-    device = torch.device(args.device)
-    cfg = load_config("demo", ["diffusion.clean_context=0.5"])
+    bc.smoke(args, batch=[2], repeats=1)
+    device = bc.setup(args)
+    cfg = load_config(args.preset, ["diffusion.clean_context=0.5"])
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
     diff = Diffusion(cfg.diffusion, geo)
     shape = (geo.num_levels, 3, *geo.patch)
-    name = (
-        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    )
-    print(f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(bc.machine_line(bc.machine(device)))
+    print(f"preset {args.preset}: {geo.num_levels} levels of {bc.size_str(geo.patch)}")
     print("| batch | per video: ms / ops | vectorised: ms / ops | speed-up |")
     print("|---|---|---|---|")
     for b in args.batch:

@@ -4,7 +4,8 @@ batch 1 — training speed and peak memory (paper Tab. 1: 1.24 / 4.25 / 6.71 vid
 65.3 / 18.1 / 14.2 GB on an A100). Sized to finish in under 5 minutes.
 
     python benchmarks/bench_gpu_hpdm_s.py
-    python benchmarks/bench_gpu_hpdm_s.py --preset tiny --target 4x32x32 --patch 2x8x8   # CPU smoke test
+    python benchmarks/bench_gpu_hpdm_s.py --preset tiny --target 4x32x32 --patch 2x8x8   # CPU, tiny
+    python benchmarks/bench_gpu_hpdm_s.py --smoke    # seconds on the CPU: checks that it runs
 
 Every row records the device it was measured on. Without a CUDA device the script says so and
 falls back to the CPU; the paper-sized models would need hours and >60 GB there, so unless sizes
@@ -44,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    bc.smoke(args, steps=1, max_seconds=10.0)
     device = bc.setup(args)
     m = bc.machine(device)
     where = m.get("gpu") or f"CPU {m['cpu']}"
-    if device.type != "cuda":
+    if device.type != "cuda" and not args.smoke:
         print(
             "bench_gpu_hpdm_s: no CUDA device, falling back to the CPU. This benchmark is meant for one GPU; "
             "CPU numbers are a smoke test, not comparable with the paper's A100 figures.",
@@ -154,6 +156,7 @@ def main() -> None:
         "bench_gpu_hpdm_s",
         {"machine": m, "note": args.note, "rows": rows, "paper_a100": PAPER if paper else None},
         args.out,
+        args.smoke,
     )
 
 

@@ -1,13 +1,13 @@
 """Time the procedural `shapes` renderer: 256 clips of 16x64x64 (the README's data budget).
 
 python benchmarks/bench_shapes.py [--clips 256] [--frames 16] [--size 64] [--repeats 3]
+python benchmarks/bench_shapes.py --smoke        # seconds: checks that it runs
 """
 
 import argparse
-import platform
 import time
 
-import torch
+import common as bc
 
 from hpdm.data.shapes import render, sample_params
 
@@ -18,12 +18,12 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    bc.add_smoke_arg(ap)
     args = ap.parse_args()
-
-    print(
-        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+    bc.smoke(args, clips=4, frames=4, size=16, repeats=1)
+    args.device = "cpu"  # the renderer for loader workers
+    print(bc.machine_line(bc.machine(bc.setup(args))))
     t0 = time.perf_counter()
     params = sample_params(range(args.clips), seed=0)
     t_params = time.perf_counter() - t0

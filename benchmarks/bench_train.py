@@ -2,8 +2,9 @@
 diffusion with the same backbone (a 1-level model whose patch is the target), at several target
 sizes with the same patch, measured side by side in one run (paper Tab. 1 / DESIGN §8).
 
-CPU (default, a few minutes on 2 cores):
+CPU (default, a few minutes on 2 cores; any preset, e.g. --preset tiny):
     python benchmarks/bench_train.py --threads 1
+    python benchmarks/bench_train.py --smoke          # seconds: checks that it runs, writes nothing
 GPU (the paper's setting):
     python benchmarks/bench_train.py --preset ucf101-s --targets 64x256x256,64x512x512 --batch 1
 
@@ -12,7 +13,14 @@ optimizer, EMA) on a fixed batch; data loading is not timed. Memory on CUDA is
 torch.cuda.max_memory_allocated over one step; on CPU it is the bytes autograd saves for backward
 in one forward (`hpdm.info.activation_bytes`, per video) plus the weights, gradients, EMA and
 optimizer state, counted from the tensors. On CPU the models are timed in alternating rounds so
-background load hits them alike. Extra `key=value` arguments override the preset.
+background load hits them alike, and the speed-up is the median over rounds of each round's ratio. Extra `key=value` arguments override the preset.
+
+Next to the measured speed-up over full resolution stands its FLOP bound: the FLOPs of one
+training step (forward + backward) of the full-resolution model over the model's, per video, from
+`hpdm.info.model_info` (`hpdm info CONFIG --vs-full-res`) — the speed-up if time were proportional
+to FLOPs. The variants of a
+preset at another target, and the full-resolution model with every per-level setting mapped to
+its one level, are built in benchmarks/common.py (`variant_config`).
 """
 
 from __future__ import annotations
@@ -23,9 +31,8 @@ import math
 import common as bc
 import torch
 
+from hpdm.info import model_info
 from hpdm.pyramid import PyramidGeometry
-
-VARIANTS = ("hpdm+ac", "hpdm", "full-res")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure_target(args, device, target) -> list[dict]:
     rows, steps = [], {}
-    for variant in VARIANTS:
+    for variant in bc.VARIANTS:
         cfg = bc.variant_config(args.preset, target, args.patch, variant, args.overrides, args.batch)
         geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
         row = {
+            # counted as `hpdm info` counts them (on meta tensors where hpdm.info can)
+            "train_step_flops_per_video": model_info(cfg, 1, measure_memory=False)["train_step_flops"],
             "target": bc.size_str(target),
             "model": variant,
             "patch": bc.size_str(cfg.pyramid.patch),
@@ -96,7 +105,16 @@ def measure_target(args, device, target) -> list[dict]:
     for row in rows:
         mem = _memory(row)
         if "videos_per_s" in row and "videos_per_s" in full:
-            row["speed_vs_full_res"] = row["videos_per_s"] / full["videos_per_s"]
+            if device.type == "cuda":  # timed one after another
+                row["speed_vs_full_res"] = row["videos_per_s"] / full["videos_per_s"]
+            else:  # timed in the same rounds: the median of the rounds' ratios cancels load changes
+                row["speed_vs_full_res"] = bc.median(
+                    [f / t for f, t in zip(full["step_seconds"], row["step_seconds"])]
+                )
+        if "train_step_flops_per_video" in row and "train_step_flops_per_video" in full:
+            row["flops_bound_vs_full_res"] = (
+                full["train_step_flops_per_video"] / row["train_step_flops_per_video"]
+            )
         if mem and _memory(full):
             row["memory_vs_full_res"] = mem / _memory(full)
     return rows
@@ -112,6 +130,7 @@ def _memory(row: dict) -> float | None:
 
 def main() -> None:
     args = build_parser().parse_args()
+    bc.smoke(args, targets=bc.size_str(bc.SMOKE_TARGET), batch=1, rounds=1, reps=1)
     device = bc.setup(args)
     m = bc.machine(device)
     print(bc.machine_line(m))
@@ -129,7 +148,9 @@ def main() -> None:
         "videos/s",
         "±",
         mem_head,
+        "GFLOP/video",
         "speed vs full-res",
+        "FLOP bound",
         "memory vs full-res",
     ]
     if not cuda:
@@ -137,7 +158,7 @@ def main() -> None:
     out_rows = []
     for r in rows:
         if r.get("oom"):
-            cells = [r["target"], r["model"], r["levels"], "OOM", "", "OOM", "", ""]
+            cells = [r["target"], r["model"], r["levels"], "OOM", "", "OOM", "", "", "", ""]
             if not cuda:
                 cells.insert(6, "")
             out_rows.append(cells)
@@ -150,7 +171,9 @@ def main() -> None:
             r["videos_per_s"],
             f"{100 * r['timing_spread']:.0f}%",
             mem,
+            r.get("train_step_flops_per_video", math.nan) / 1e9,
             f"{r.get('speed_vs_full_res', math.nan):.2f}x",
+            f"{r.get('flops_bound_vs_full_res', math.nan):.2f}x",
             f"{r.get('memory_vs_full_res', math.nan):.2f}x",
         ]
         if not cuda:
@@ -158,7 +181,10 @@ def main() -> None:
         out_rows.append(cells)
     print()
     print(bc.machine_line(m))
-    print(f"preset {args.preset}, batch {args.batch}, overrides {args.overrides or 'none'}")
+    print(
+        f"preset {args.preset}, batch {args.batch}, overrides {args.overrides or 'none'}; "
+        f"full-res mapping: {bc.full_res_mapping()}"
+    )
     print(bc.table(headers, out_rows))
     bc.write_result(
         "bench_train",
@@ -169,9 +195,11 @@ def main() -> None:
             "overrides": args.overrides,
             "batch": args.batch,
             "activation_checkpointing": args.activation_checkpointing,
+            "full_res_mapping": bc.full_res_mapping(),
             "rows": rows,
         },
         args.out,
+        args.smoke,
     )
 
 

@@ -1,7 +1,8 @@
-"""Hardware utilisation of a training step: achieved FLOP/s over this bc.machine's own fp32 matmul peak.
+"""Hardware utilisation of a training step: achieved FLOP/s over this machine's own fp32 matmul peak.
 
     python benchmarks/bench_util.py --threads 1
     python benchmarks/bench_util.py --preset ucf101-s --batch 4 --matmul 8192      # on a GPU
+    python benchmarks/bench_util.py --smoke          # seconds: checks that it runs, writes nothing
 
 FLOPs of one training step (forward + backward) are counted with
 `torch.utils.flop_counter.FlopCounterMode` on the device; the optimizer and EMA are not counted
@@ -17,7 +18,6 @@ import time
 
 import common as bc
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--variants", default="hpdm+ac,full-res", help="hpdm+ac, hpdm, full-res (comma-separated)"
     )
+    ap.add_argument("--peak-seconds", type=float, default=2.0, help="time spent measuring the matmul peak")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument(
         "--matmul", type=int, default=None, help="peak matmul size N (default 1024 CPU, 8192 CUDA)"
@@ -55,15 +56,9 @@ def matmul_peak(n: int, device: torch.device, seconds: float = 2.0) -> float:
     return 2 * n**3 / best
 
 
-def step_flops(step: bc.TrainStep) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step.forward_backward()
-    return int(counter.get_total_flops())
-
-
 def main() -> None:
     args = build_parser().parse_args()
+    bc.smoke(args, batch=1, rounds=1, reps=1, matmul=128, peak_seconds=0.05)
     device = bc.setup(args)
     m = bc.machine(device)
     print(bc.machine_line(m))
@@ -71,15 +66,16 @@ def main() -> None:
 
     target = args.target or tuple(load_config(args.preset, args.overrides).pyramid.target)
     n = args.matmul or (8192 if device.type == "cuda" else 1024)
+    secs = args.peak_seconds
     peaks = {}
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
-        peaks["fp32"] = matmul_peak(n, device)
+        peaks["fp32"] = matmul_peak(n, device, secs)
         torch.backends.cuda.matmul.allow_tf32 = True
-        peaks["tf32"] = matmul_peak(n, device)
+        peaks["tf32"] = matmul_peak(n, device, secs)
         peak_kind = "tf32"  # what the trainer uses (train.tf32 = true)
     else:
-        peaks["fp32"] = matmul_peak(n, device)
+        peaks["fp32"] = matmul_peak(n, device, secs)
         peak_kind = "fp32"
 
     steps, flops, cfgs = {}, {}, {}
@@ -87,9 +83,9 @@ def main() -> None:
         cfgs[v] = bc.variant_config(args.preset, target, args.patch, v, args.overrides, args.batch)
         steps[v] = bc.TrainStep(cfgs[v], device)
         steps[v]()
-        flops[v] = step_flops(steps[v])
+        flops[v] = steps[v].flops()
     times = bc.interleaved_times(steps, device, args.rounds, args.reps)
-    peak_after = matmul_peak(n, device, seconds=1.0)  # the peak again: did the load change?
+    peak_after = matmul_peak(n, device, secs / 2)  # the peak again: did the load change?
     for s in steps.values():
         s.close()
 
@@ -154,6 +150,7 @@ def main() -> None:
             "rows": rows,
         },
         args.out,
+        args.smoke,
     )
 
 

@@ -1,8 +1,8 @@
 """Shared pieces of the benchmark scripts: the machine, configs for the compared models, a timed
 training step, memory, interleaved timing, Markdown tables and JSON results.
 
-Benchmarks print tables of measured numbers and write `benchmarks/results/<name>.json`; they are
-never run by CI and assert nothing.
+Benchmarks print tables of measured numbers and write `benchmarks/results/<name>.json`; they
+assert nothing. CI runs each with `--smoke` (tests/test_benchmarks.py) so that none rots.
 """
 
 from __future__ import annotations
@@ -86,6 +86,38 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. other load)")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/<name>.json)")
+    add_smoke_arg(ap)
+
+
+def add_smoke_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that the script runs: seconds on one CPU thread at a tiny size, one round; "
+        "the sizes, preset and device options are ignored and no results are written (without --out)",
+    )
+
+
+# --smoke: the `tiny` preset at its own size, whatever the benchmark's defaults
+SMOKE_PRESET, SMOKE_TARGET, SMOKE_PATCH = "tiny", (4, 32, 32), (2, 8, 8)
+
+
+def smoke(args: argparse.Namespace, **settings) -> None:
+    """Under --smoke, set `settings` (a script's tiny sizes and single round) on `args`, plus one
+    CPU thread and, where the script has them, the tiny preset, target and patch."""
+    if not args.smoke:
+        return
+    common = {
+        "device": "cpu",
+        "threads": 1,
+        "preset": SMOKE_PRESET,
+        "target": SMOKE_TARGET,
+        "patch": SMOKE_PATCH,
+        "overrides": [],
+    }
+    for key, value in {**common, **settings}.items():
+        if hasattr(args, key):
+            setattr(args, key, value)
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -98,10 +130,16 @@ def setup(args: argparse.Namespace) -> torch.device:
     return dev
 
 
-def write_result(name: str, payload: dict, out: str | None = None) -> Path:
+def write_result(name: str, payload: dict, out: str | None = None, smoke: bool = False) -> Path | None:
+    """Write the results as JSON to `out` or benchmarks/results/<name>.json; a smoke run only
+    checks that they serialise, so it never overwrites the committed numbers."""
+    text = json.dumps(payload, indent=2) + "\n"
+    if smoke and not out:
+        print(f"\nsmoke run: {len(text)} bytes of results, not written")
+        return None
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(text)
     print(f"\nwrote {path}")
     return path
 
@@ -139,42 +177,143 @@ def ac_schedule(num_blocks: int, levels: int) -> list[int]:
     return [math.ceil((b + 1) * levels / num_blocks) for b in range(num_blocks)]
 
 
+# Every config field that may hold one value per level (validated against pyramid.num_levels in
+# hpdm.config.validate). model.levels_per_block, model.cube0 and the input scale
+# (diffusion.sigma_in0 / sigma_in_factor) are per-level too and are handled by name below.
+PER_LEVEL_FIELDS = (
+    ("diffusion", "P_mean"),
+    ("diffusion", "P_std"),
+    ("diffusion", "level_weight"),
+    ("sample", "cfg"),
+    ("sample", "steps"),
+    ("sample", "start_sigma"),
+)
+
+
+def resample_levels(values: list, num_levels: int) -> list:
+    """A per-level list for `num_levels` levels from one for `len(values)`: level 0 keeps level 0's
+    value and the finest level the finest's (they play the same part in any pyramid: the layout
+    from noise, the last detail); a level between takes the old level at the same relative depth."""
+    n = len(values)
+    if num_levels == 1:
+        return [values[0]]
+    return [values[round(lvl * (n - 1) / (num_levels - 1))] for lvl in range(num_levels)]
+
+
+def pyramid_config(cfg: Config, target, patch=None) -> Config:
+    """The preset's model as a pyramid over `target` with `patch` (default: the preset's), with the
+    fewest levels whose level 0 is the whole video at patch size, every per-level list mapped to
+    that many levels. Not validated (the caller changes more first)."""
+    out = copy.deepcopy(cfg)
+    p = out.pyramid
+    p.target, p.patch = tuple(target), tuple(patch or p.patch)
+    levels = PyramidGeometry(p.patch, p.target, 1).min_levels()
+    old, p.num_levels = p.num_levels, levels
+    if levels != old:
+        for section, key in PER_LEVEL_FIELDS:
+            v = getattr(getattr(out, section), key)
+            if isinstance(v, list):
+                setattr(getattr(out, section), key, resample_levels(v, levels))
+        if isinstance(out.sample.start_sigma, list):
+            out.sample.start_sigma[0] = 0.0  # level 0 always starts from noise
+    lpb = out.model.levels_per_block
+    if lpb is not None and (levels != old or max(lpb) != levels):
+        out.model.levels_per_block = ac_schedule(out.model.num_blocks, levels)
+    return out
+
+
+def _level0(v):
+    return v[0] if isinstance(v, list | tuple) else v
+
+
+def local_full_res_config(cfg: Config) -> Config:
+    """The full-resolution counterpart of a pyramid config, as `hpdm.info.full_res_config` defines
+    it (tests/test_benchmarks.py checks that they agree): one level whose patch is the target, the
+    same backbone with the finest level's token cube, adaptive computation off. Per-level settings:
+
+    - input scale from the finest level: the one model denoises the target's pixels, so
+      `sigma_in0` becomes the finest level's σ_in (the voxel rule grows it with resolution);
+    - σ distribution, sampling steps and guidance from level 0: like level 0, and unlike the
+      finer levels, which refine a coarser level they are given, the full-resolution model draws
+      the whole video from pure noise, deciding layout and class at high σ; input scaling
+      (Chen 2023) is what carries that noise schedule to the larger resolution;
+    - loss weight 1 (with one level it only scales the loss);
+    - off, with no coarser level to act on: `model.cube0`, context fusion and pixel context,
+      `diffusion.clean_context`, `sample.start_sigma`, `sample.consistency`, and the level-0
+      `sample.base` and `sample.guide` checkpoints (their patch is level 0's, not the target).
+
+    Used only where hpdm.info has no `full_res_config` (see `full_res_config`); delete it once
+    every checkout has one."""
+    from hpdm.diffusion import input_scales
+
+    out = copy.deepcopy(cfg)
+    L = cfg.pyramid.num_levels
+    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, L)
+    p, m, d, s = out.pyramid, out.model, out.diffusion, out.sample
+    p.patch, p.num_levels = tuple(cfg.pyramid.target), 1
+    if L == 1 and m.cube0 is not None:
+        m.cube = m.cube0
+    m.cube0, m.levels_per_block = None, None
+    m.fusion, m.pixel_context = "none", False
+    d.sigma_in0, d.sigma_in_factor = input_scales(cfg.diffusion, geo)[-1], None
+    d.P_mean, d.P_std = _level0(d.P_mean), _level0(d.P_std)
+    d.level_weight, d.clean_context = 1.0, 0.0
+    s.steps, s.cfg = _level0(s.steps), _level0(s.cfg)
+    s.start_sigma, s.consistency, s.consistency_sigma = 0.0, 0.0, 0.0
+    s.base = s.base_interval = s.guide = s.guide_interval = None
+    return out.validate()
+
+
+def full_res_config(cfg: Config) -> Config:
+    """hpdm.info.full_res_config when the library has it, else `local_full_res_config`."""
+    try:
+        from hpdm.info import full_res_config as library
+    except ImportError:
+        return local_full_res_config(cfg)
+    return library(cfg)
+
+
+def full_res_mapping() -> str:
+    """Which mapping `full_res_config` uses, recorded with the results."""
+    try:
+        from hpdm.info import full_res_config  # noqa: F401
+    except ImportError:
+        return "benchmarks/common.py local_full_res_config"
+    return "hpdm.info.full_res_config"
+
+
+VARIANTS = ("hpdm+ac", "hpdm", "full-res")
+
+
 def variant_config(
     preset: str, target, patch, variant: str, overrides: list[str] | None = None, batch: int = 1
 ) -> Config:
-    """`hpdm+ac`, `hpdm` (AC off) or `full-res` (one level whose patch is the target) of a preset,
-    on the procedural dataset (the data path is not timed)."""
+    """`hpdm+ac`, `hpdm` (AC off) or `full-res` (one level whose patch is the target) of any preset
+    at `target`, on the procedural dataset (the data path is not timed). `hpdm+ac` keeps the
+    preset's levels_per_block where it fits the level count, else a paper-like schedule;
+    `full-res` is `full_res_config` of the `hpdm+ac` pyramid."""
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant '{variant}'; choose from {list(VARIANTS)}")
     cfg = load_config(preset, list(overrides or []))
-    patch = tuple(patch or cfg.pyramid.patch)
-    levels = PyramidGeometry(patch, target, 1).min_levels()
-    common = [
-        "data.dataset=shapes",
-        "data.num_workers=0",
-        f"train.batch_size={batch}",
-        "train.grad_accum=1",
-        f"pyramid.target=[{','.join(map(str, target))}]",
-    ]
-    if variant == "full-res":
-        extra = [
-            f"pyramid.patch=[{','.join(map(str, target))}]",
-            "pyramid.num_levels=1",
-            "model.levels_per_block=null",
-        ]
-    else:
-        extra = [f"pyramid.patch=[{','.join(map(str, patch))}]", f"pyramid.num_levels={levels}"]
-        if variant == "hpdm":
-            extra.append("model.levels_per_block=null")
-        else:
-            lpb = cfg.model.levels_per_block
-            if lpb is None or cfg.pyramid.num_levels != levels or max(lpb) != levels:
-                lpb = ac_schedule(cfg.model.num_blocks, levels)
-            extra.append(f"model.levels_per_block=[{','.join(map(str, lpb))}]")
+    target = tuple(target or cfg.pyramid.target)
     try:
-        out = load_config(preset, [*(overrides or []), *common, *extra])
+        cfg = pyramid_config(cfg, target, patch)
+        if cfg.model.levels_per_block is None:
+            cfg.model.levels_per_block = ac_schedule(cfg.model.num_blocks, cfg.pyramid.num_levels)
+        if variant == "hpdm":
+            cfg.model.levels_per_block = None
+        elif variant == "full-res":
+            cfg = full_res_config(cfg)
+        cfg.data.dataset, cfg.data.path, cfg.data.num_workers = "shapes", None, 0
+        cfg.train.batch_size, cfg.train.grad_accum = batch, 1
+        cfg.validate()
     except ConfigError as e:
-        raise SystemExit(f"{variant} at target {size_str(target)}, patch {size_str(patch)}: {e}") from None
-    out.name = f"{variant} {size_str(target)}"
-    return out
+        raise SystemExit(
+            f"{variant} of preset {preset} at target {size_str(target)}, patch "
+            f"{size_str(patch or cfg.pyramid.patch)}: {e}"
+        ) from None
+    cfg.name = f"{variant} {size_str(target)}"
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +357,23 @@ class TrainStep:
         tr.opt.zero_grad(set_to_none=True)
         loss, _, _ = tr._micro_step(self.batch)
         loss.backward()
+
+    def flops(self) -> int:
+        """FLOPs of one forward + backward of the batch, counted as `hpdm info` counts them
+        (hpdm.info.flop_counter: torch's FlopCounterMode with CPU flash attention counted); the
+        optimizer and EMA add a few per parameter and are not counted."""
+        try:
+            from hpdm.info import flop_counter
+        except ImportError:  # before hpdm.info had it: torch's counter as it ships
+            from torch.utils.flop_counter import FlopCounterMode
+
+            def flop_counter():
+                return FlopCounterMode(display=False)
+
+        counter = flop_counter()
+        with counter:
+            self.forward_backward()
+        return int(counter.get_total_flops())
 
     def state_bytes(self) -> int:
         """Weights, gradients, optimizer state and EMA: what training holds besides activations."""
