@@ -7,11 +7,10 @@ import copy
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from hpdm.config import ConfigError, levels_per_block
 from hpdm.diffusion import Diffusion
-from hpdm.info import model_info
+from hpdm.info import flop_counter, model_info
 from hpdm.model.hpdm import HPDM
 from hpdm.pyramid import PyramidGeometry, sample_boxes
 
@@ -165,7 +164,7 @@ def _measured_step_flops(cfg) -> int:
     model = HPDM(cfg)
     x, c, off, size, labels = inputs(cfg, B=1)
     diffusion = Diffusion(cfg.diffusion, geometry(cfg))
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()  # counts attention too (hpdm.info)
     with counter:
         loss, _, _ = diffusion.loss(model, x, off, size, labels, null_class=model.null_class())
         loss.backward()

@@ -86,14 +86,14 @@ def _device(text: str) -> str:
 def _out_dir(path: str | Path, option: str = "--out") -> Path:
     """Create the output folder now, so an unwritable path fails before any work is done."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {p}: this is a file, not a folder; choose another path")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(
             f"{option} {p}: cannot create the output folder ({e.strerror or e}); choose a folder you can write to"
         ) from None
-    if not p.is_dir():
-        raise ValueError(f"{option} {p}: this is a file, not a folder; choose another path")
     return p
 
 
@@ -136,7 +136,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     from hpdm.config import load_config
     from hpdm.info import format_info, model_info
 
-    info = model_info(load_config(a.config, a.overrides), batch=a.batch)
+    info = model_info(load_config(a.config, a.overrides), batch=a.batch, vs_full_res=a.vs_full_res)
     print(json.dumps(info, indent=2) if a.json else format_info(info))
     return 0
 
@@ -329,8 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="parameters, tokens, FLOPs per level/block, activation memory")
     _add_config(p)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_at_least(1, "the videos per training step"), default=1)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--vs-full-res",
+        action="store_true",
+        help="also count the 1-level full-resolution model with the same backbone "
+        "(hpdm.info.full_res_config) and print its FLOPs and activations over the pyramid's",
+    )
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("config", help="print a resolved config (or list presets)")
