@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from hpdm.config import Config, ConfigError, load_config
+from hpdm.info import full_res_config
 from hpdm.pyramid import PyramidGeometry, extract_patches, sample_boxes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -222,63 +223,8 @@ def pyramid_config(cfg: Config, target, patch=None) -> Config:
     return out
 
 
-def _level0(v):
-    return v[0] if isinstance(v, list | tuple) else v
-
-
-def local_full_res_config(cfg: Config) -> Config:
-    """The full-resolution counterpart of a pyramid config, as `hpdm.info.full_res_config` defines
-    it (tests/test_benchmarks.py checks that they agree): one level whose patch is the target, the
-    same backbone with the finest level's token cube, adaptive computation off. Per-level settings:
-
-    - input scale from the finest level: the one model denoises the target's pixels, so
-      `sigma_in0` becomes the finest level's σ_in (the voxel rule grows it with resolution);
-    - σ distribution, sampling steps and guidance from level 0: like level 0, and unlike the
-      finer levels, which refine a coarser level they are given, the full-resolution model draws
-      the whole video from pure noise, deciding layout and class at high σ; input scaling
-      (Chen 2023) is what carries that noise schedule to the larger resolution;
-    - loss weight 1 (with one level it only scales the loss);
-    - off, with no coarser level to act on: `model.cube0`, context fusion and pixel context,
-      `diffusion.clean_context`, `sample.start_sigma`, `sample.consistency`, and the level-0
-      `sample.base` and `sample.guide` checkpoints (their patch is level 0's, not the target).
-
-    Used only where hpdm.info has no `full_res_config` (see `full_res_config`); delete it once
-    every checkout has one."""
-    from hpdm.diffusion import input_scales
-
-    out = copy.deepcopy(cfg)
-    L = cfg.pyramid.num_levels
-    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, L)
-    p, m, d, s = out.pyramid, out.model, out.diffusion, out.sample
-    p.patch, p.num_levels = tuple(cfg.pyramid.target), 1
-    if L == 1 and m.cube0 is not None:
-        m.cube = m.cube0
-    m.cube0, m.levels_per_block = None, None
-    m.fusion, m.pixel_context = "none", False
-    d.sigma_in0, d.sigma_in_factor = input_scales(cfg.diffusion, geo)[-1], None
-    d.P_mean, d.P_std = _level0(d.P_mean), _level0(d.P_std)
-    d.level_weight, d.clean_context = 1.0, 0.0
-    s.steps, s.cfg = _level0(s.steps), _level0(s.cfg)
-    s.start_sigma, s.consistency, s.consistency_sigma = 0.0, 0.0, 0.0
-    s.base = s.base_interval = s.guide = s.guide_interval = None
-    return out.validate()
-
-
-def full_res_config(cfg: Config) -> Config:
-    """hpdm.info.full_res_config when the library has it, else `local_full_res_config`."""
-    try:
-        from hpdm.info import full_res_config as library
-    except ImportError:
-        return local_full_res_config(cfg)
-    return library(cfg)
-
-
 def full_res_mapping() -> str:
-    """Which mapping `full_res_config` uses, recorded with the results."""
-    try:
-        from hpdm.info import full_res_config  # noqa: F401
-    except ImportError:
-        return "benchmarks/common.py local_full_res_config"
+    """Which mapping the full-res variant uses, recorded with the results."""
     return "hpdm.info.full_res_config"
 
 
@@ -362,13 +308,7 @@ class TrainStep:
         """FLOPs of one forward + backward of the batch, counted as `hpdm info` counts them
         (hpdm.info.flop_counter: torch's FlopCounterMode with CPU flash attention counted); the
         optimizer and EMA add a few per parameter and are not counted."""
-        try:
-            from hpdm.info import flop_counter
-        except ImportError:  # before hpdm.info had it: torch's counter as it ships
-            from torch.utils.flop_counter import FlopCounterMode
-
-            def flop_counter():
-                return FlopCounterMode(display=False)
+        from hpdm.info import flop_counter
 
         counter = flop_counter()
         with counter:

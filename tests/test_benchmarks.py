@@ -100,17 +100,3 @@ def test_demo_full_res_has_one_value_per_setting(common):
     assert pyramid.pyramid.num_levels == 3
     mapped = common.full_res_config(pyramid)
     assert (mapped.diffusion, mapped.sample, mapped.model) == (cfg.diffusion, cfg.sample, cfg.model)
-
-
-def test_local_full_res_mapping_matches_the_library(common):
-    """benchmarks/common.py keeps a copy of the full-resolution mapping for checkouts whose
-    hpdm.info has none; where it has one, the two must give the same model."""
-    info = pytest.importorskip("hpdm.info")
-    if not hasattr(info, "full_res_config"):
-        pytest.skip("hpdm.info has no full_res_config")
-    for preset in list_presets():
-        for target in (None, tuple(2 * v for v in load_config(preset).pyramid.target)):
-            cfg = common.variant_config(preset, target, None, "hpdm+ac")
-            ours, theirs = common.local_full_res_config(cfg), info.full_res_config(cfg)
-            for part in ("pyramid", "model", "diffusion", "sample"):
-                assert getattr(ours, part) == getattr(theirs, part), (preset, target, part)
