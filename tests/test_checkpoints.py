@@ -213,3 +213,14 @@ def test_resume_from_nothing_and_until_below_the_step_are_errors(run, tmp_path, 
 def test_read_weights_names_a_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="model.safetensors: the file is missing"):
         read_weights(tmp_path / "model.safetensors")
+
+
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused(run, tmp_path, capsys):
+    """Without --resume it would overwrite and prune the earlier run's checkpoints."""
+    dest = tmp_path / "taken"
+    shutil.copytree(run, dest)
+    before = sorted(p.name for p in (dest / "checkpoints").iterdir())
+    assert main(["train", "tiny", "train.steps=2", f"train.out_dir={dest}"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (newest checkpoint step_0000004)" in err and "--resume auto" in err
+    assert sorted(p.name for p in (dest / "checkpoints").iterdir()) == before

@@ -153,6 +153,12 @@ class Trainer:
         dist.barrier(self.ctx)
         if resume:
             self._resume(resume)
+        elif list_checkpoints(self.out_dir):  # a new run here would prune the old run's checkpoints
+            newest = list_checkpoints(self.out_dir)[-1]
+            raise ValueError(
+                f"{self.out_dir} already holds a run (newest checkpoint {newest.name}); continue it with "
+                "--resume auto, or start the new run in another folder (--out DIR)"
+            )
 
     # -------------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
