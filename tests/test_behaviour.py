@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
+import behaviour
 import numpy as np
 import pytest
 import torch
-
-import behaviour
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
