@@ -8,98 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from hpdm.args import at_least, device_arg, guidance_arg, out_dir, positive_int, size_arg, steps_arg
 from hpdm.config import ConfigError
-
-
-def _size(text: str) -> tuple[int, int, int]:
-    try:
-        f, h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size '{text}' is not FxHxW, e.g. 16x128x128") from None
-    if min(f, h, w) < 1:
-        raise argparse.ArgumentTypeError(f"size '{text}': frames, height and width must be positive")
-    return f, h, w
-
-
-def _per_level(cast, what: str, example: str):
-    """An argparse type: one value, or a comma-separated list of one per level."""
-
-    def parse(text: str):
-        try:
-            values = [cast(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: give {what}, or one per level separated by commas, e.g. {example}"
-            ) from None
-        return values[0] if len(values) == 1 else values
-
-    return parse
-
-
-def _at_least(low: int, what: str):
-    """An argparse type: a whole number >= `low`; the message says what the option counts."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"{text!r}: give {what} (a whole number >= {low})")
-        return value
-
-    return parse
-
-
-def _guidance(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise ValueError(text)
-    return value
-
-
-def _device(text: str) -> str:
-    """An argparse type: a torch device string that this machine has."""
-    import torch
-
-    try:
-        dev = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a device; use cpu, cuda or cuda:N (e.g. cuda:1)"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: this machine has no CUDA GPU (or torch was installed without CUDA); use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif dev.type != "cpu" and dev.type != "mps":
-        raise argparse.ArgumentTypeError(f"{text!r}: hpdm runs on cpu or cuda; use --device cpu or cuda")
-    return text
-
-
-def _out_dir(path: str | Path, option: str = "--out") -> Path:
-    """Create the output folder now, so an unwritable path fails before any work is done."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{option} {p}: this is a file, not a folder; choose another path")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(
-            f"{option} {p}: cannot create the output folder ({e.strerror or e}); choose a folder you can write to"
-        ) from None
-    return p
-
-
-positive_int = _at_least(1, "a positive count")
-guidance_arg = _per_level(_guidance, "a guidance scale >= 0 (1 = off, 0 = unconditional)", "3 or 3,1,1")
-steps_arg = _per_level(int, "a whole number of level-0 steps (halved per finer level)", "32 or 64,16,8")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -115,7 +25,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from hpdm.train import Trainer
 
     cfg = load_config(a.config, a.overrides)
-    _out_dir(a.out or cfg.train.out_dir, "--out" if a.out else "train.out_dir")
+    out_dir(a.out or cfg.train.out_dir, "--out" if a.out else "train.out_dir")
     trainer = Trainer(cfg, out_dir=a.out, resume=a.resume, device=a.device, init=a.init)
     if trainer.ctx.is_main:
         print(
@@ -153,44 +63,15 @@ def cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
-def save_outputs(
-    gen,
-    out: Path,
-    fps: int,
-    prefix: str = "video",
-    save_levels: bool = False,
-    labels: list[str] | None = None,
-) -> list[Path]:
-    """One mp4 per video, a contact-sheet PNG and settings JSON (and coarse levels on request)."""
-    from hpdm.data.video import contact_sheet, write_video
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, v in enumerate(gen.video):
-        paths.append(write_video(out / f"{prefix}_{i:03d}.mp4", v, fps=fps))
-        if save_levels:
-            for lvl, lv in enumerate(gen.levels[:-1]):
-                write_video(out / f"{prefix}_{i:03d}_level{lvl}.mp4", lv[i], fps=fps)
-    contact_sheet(list(gen.video), out / "contact_sheet.png", labels=labels)
-    if save_levels:
-        rows = [lv[i] for i in range(len(gen.video)) for lv in gen.levels]
-        contact_sheet(
-            rows,
-            out / "levels_sheet.png",
-            labels=[f"{i}: level {lvl}" for i in range(len(gen.video)) for lvl in range(len(gen.levels))],
-        )
-    (out / "settings.json").write_text(json.dumps(gen.settings, indent=2))
-    return paths
-
-
 def cmd_sample(a: argparse.Namespace) -> int:
     import torch
 
+    from hpdm.checkpoint import load_model
     from hpdm.sampling import Cascade, coarse_from_videos
-    from hpdm.train import load_model, pick_device
+    from hpdm.train import pick_device
 
     device = pick_device(a.device)
-    _out_dir(a.out)
+    out_dir(a.out)
     model, cfg = load_model(a.ckpt, ema=not a.no_ema, device=device, overrides=a.overrides)
     given = None
     if a.upsample:
@@ -236,6 +117,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
         from hpdm.data.shapes import SHAPES_CLASSES
 
         names = [SHAPES_CLASSES[k] for k in gen.settings["labels"]]
+    from hpdm.outputs import save_outputs
+
     paths = save_outputs(gen, Path(a.out), cfg.sample.fps, save_levels=a.levels, labels=names)
     print(
         f"wrote {len(paths)} videos of {'x'.join(map(str, gen.video.shape[-3:]))} to {a.out} "
@@ -248,7 +131,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from hpdm.demo import run_demo
 
-    _out_dir(a.out)
+    out_dir(a.out)
     run_demo(
         out=Path(a.out),
         train=a.train,
@@ -266,7 +149,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from hpdm.demo import export_checkpoint
 
-    _out_dir(a.out)
+    out_dir(a.out)
     out = export_checkpoint(a.ckpt, a.out, ema=not a.no_ema, half=a.half, overrides=a.overrides)
     kind = ("raw" if a.no_ema else "EMA") + (" (fp16)" if a.half else "")
     print(f"exported {kind} weights, config and state to {out}")
@@ -276,7 +159,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_data_preview(a: argparse.Namespace) -> int:
     from hpdm.preview import data_preview
 
-    _out_dir(a.out)
+    out_dir(a.out)
     data_preview(dataset=a.dataset, out=Path(a.out), num=a.num, config=a.config, path=a.path, seed=a.seed)
     return 0
 
@@ -287,7 +170,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     from hpdm.data.cache import prepare_cache
 
     cfg = load_config(a.config, a.overrides)
-    _out_dir(a.out)
+    out_dir(a.out)
     ds = build_dataset(cfg, train=not a.test_split)
     out = prepare_cache(
         ds, a.out, clips_per_video=a.clips_per_video, shard_size=a.shard_size, num_workers=a.workers
@@ -316,11 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="run directory (default: train.out_dir)")
     p.add_argument(
-        "--device", type=_device, default=None, help="cpu | cuda | cuda:1 (default: cuda when available)"
+        "--device", type=device_arg, default=None, help="cpu | cuda | cuda:1 (default: cuda when available)"
     )
     p.add_argument(
         "--until",
-        type=_at_least(1, "the step to stop after"),
+        type=at_least(1, "the step to stop after"),
         default=None,
         help="stop after this step (keeps the schedule of train.steps)",
     )
@@ -329,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="parameters, tokens, FLOPs per level/block, activation memory")
     _add_config(p)
-    p.add_argument("--batch", type=_at_least(1, "the videos per training step"), default=1)
+    p.add_argument("--batch", type=at_least(1, "the videos per training step"), default=1)
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--vs-full-res",
@@ -352,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--class", dest="cls", type=int, default=None, help="class id (default: cycle through classes)"
     )
     g.add_argument("--prompt", default=None, help="text prompt (text-to-video models)")
-    p.add_argument("--size", type=_size, default=None, help="output FxHxW (default: the training target)")
+    p.add_argument("--size", type=size_arg, default=None, help="output FxHxW (default: the training target)")
     p.add_argument(
         "--steps",
         type=steps_arg,
@@ -379,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and only the finer levels are sampled (one output per video; --num is ignored)",
     )
     p.add_argument("--no-ema", action="store_true", help="use raw instead of EMA weights")
-    p.add_argument("--device", type=_device, default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "overrides", nargs="*", help="sampling settings, e.g. sample.S_churn=0 sample.cfg_interval=[2,80]"
@@ -391,12 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="retrain the demo model from scratch first")
     p.add_argument(
         "--steps",
-        type=_at_least(1, "a number of training steps"),
+        type=at_least(1, "a number of training steps"),
         default=None,
         help="training steps with --train (default: the preset's)",
     )
     p.add_argument("--num-per-class", type=positive_int, default=1)
-    p.add_argument("--size", type=_size, default=None)
+    p.add_argument("--size", type=size_arg, default=None)
     p.add_argument("--sample-steps", type=steps_arg, default=None, help="as `hpdm sample --steps`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -427,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--clips-per-video", type=positive_int, default=1)
     p.add_argument("--shard-size", type=positive_int, default=1024)
-    p.add_argument("--workers", type=_at_least(0, "a number of worker processes, 0 for none"), default=0)
+    p.add_argument("--workers", type=at_least(0, "a number of worker processes, 0 for none"), default=0)
     p.add_argument("--test-split", action="store_true")
     p.set_defaults(fn=cmd_prepare)
 

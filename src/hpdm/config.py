@@ -16,10 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
-
+from hpdm.errors import ConfigError
 
 Size3 = tuple[int, int, int]
 

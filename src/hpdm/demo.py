@@ -35,7 +35,7 @@ def run_demo(
 ) -> dict:
     import torch
 
-    from hpdm.cli import save_outputs
+    from hpdm.outputs import save_outputs
     from hpdm.sampling import Cascade
     from hpdm.train import Trainer, pick_device
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hpdm.config import ConfigError
+from hpdm.errors import ConfigError
 
 AXES = ("frames", "height", "width")
 

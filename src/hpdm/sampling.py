@@ -160,7 +160,7 @@ class Cascade:
     def _companion(self, net: HPDM | None, key: str) -> HPDM | None:
         path = getattr(self.cfg.sample, key)
         if net is None and path:
-            from hpdm.train import load_model
+            from hpdm.checkpoint import load_model
 
             net, net_cfg = load_model(
                 path, device=self.device, overrides=["sample.guide=null", "sample.base=null"]

@@ -464,7 +464,7 @@ class Trainer:
         """A few EMA samples (one per class when conditional) as mp4s and a contact sheet, by rank 0.
 
         Call it on every rank: under FSDP the sharded EMA is gathered first (a collective)."""
-        from hpdm.cli import save_outputs
+        from hpdm.outputs import save_outputs
         from hpdm.sampling import Cascade
 
         ema = self.ema

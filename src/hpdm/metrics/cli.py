@@ -10,7 +10,7 @@ from pathlib import Path
 
 def _steps(text: str):
     """`--steps`: level 0's sampling steps, or one per level; each a positive whole number."""
-    from hpdm.cli import steps_arg
+    from hpdm.args import steps_arg
 
     value = steps_arg(text)
     if min(value if isinstance(value, list) else [value]) < 1:
@@ -29,9 +29,9 @@ def _shape_size(text: str) -> float:
 
 
 def add_parser(sub) -> None:
-    from hpdm.cli import _at_least, _device, guidance_arg, positive_int
+    from hpdm.args import at_least, device_arg, guidance_arg, positive_int
 
-    clips = _at_least(2, "a number of clips, 2 or more for the covariance FVD needs")
+    clips = at_least(2, "a number of clips, 2 or more for the covariance FVD needs")
 
     p = sub.add_parser("eval", help="FVD, Inception Score, shapes report")
     esub = p.add_subparsers(dest="eval_command", required=True)
@@ -89,7 +89,7 @@ def add_parser(sub) -> None:
         "--steps", type=_steps, default=None, help="sampling steps with --ckpt (level 0's, or one per level)"
     )
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", type=_device, default=None)
+    q.add_argument("--device", type=device_arg, default=None)
     q.add_argument("--out", default="fvd.json")
     q.add_argument("overrides", nargs="*", help="key=value overrides for a --real config, e.g. data.path=...")
     q.set_defaults(fn=run_fvd)
@@ -189,7 +189,7 @@ def _fake_source(a, num: int) -> tuple:
             )
         asks = {"source_resolution": list(first.shape[-2:]), "source_frames": NUM_FRAMES}
         return batches, asks, {"fake": str(folder)}
-    from hpdm.train import load_model
+    from hpdm.checkpoint import load_model
 
     model, cfg = load_model(a.ckpt, device=getattr(a, "device", None))
     F, H, W = cfg.pyramid.target
@@ -391,10 +391,10 @@ def _check_classifier(path: str | None, kind: str, option: str) -> None:
 
 
 def run_report_cmd(a: argparse.Namespace) -> int:
-    from hpdm.cli import _out_dir
+    from hpdm.args import out_dir
     from hpdm.metrics.report import report_markdown, run_report
 
-    _out_dir(a.out)
+    out_dir(a.out)
     _check_classifier(a.classifier, "class", "--classifier")
     _check_classifier(a.shape_classifier, "shape", "--shape-classifier")
     r = run_report(
@@ -416,12 +416,12 @@ def run_report_cmd(a: argparse.Namespace) -> int:
 
 
 def run_train_classifier(a: argparse.Namespace) -> int:
-    from hpdm.cli import _out_dir
+    from hpdm.args import out_dir
     from hpdm.metrics.classifier import train_classifier
 
     if a.shape_size is not None and a.shape_size[0] > a.shape_size[1]:
         raise ValueError(f"--shape-size {a.shape_size[0]} {a.shape_size[1]}: give LO <= HI")
-    _out_dir(a.out)
+    out_dir(a.out)
     size = {} if a.shape_size is None else {"size_range": tuple(a.shape_size)}
     info = train_classifier(a.out, steps=a.steps, seed=a.seed, kind=a.kind, **size)
     print(

@@ -157,11 +157,11 @@ def run_report(
     """FVD per pyramid level, seam score and class accuracy of a `shapes` model; JSON + Markdown.
 
     `overrides`: `sample.key=value` generation settings (see `load_model`)."""
+    from hpdm.checkpoint import load_model, resolve_checkpoint
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.fvd import I3DFeatureExtractor, compute_stats, frechet_distance
     from hpdm.metrics.objects import object_areas, persistence
     from hpdm.metrics.seam import blockiness, judder, seam_score
-    from hpdm.train import load_model, resolve_checkpoint
 
     ck = resolve_checkpoint(ckpt)
     model, cfg = load_model(ck, overrides=overrides)
