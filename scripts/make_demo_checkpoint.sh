@@ -27,13 +27,13 @@ hpdm train demo train.lr=1.0e-3 train.steps=8000 train.seed=5 $PX diffusion.P_me
 hpdm train demo train.lr=1.0e-3 train.steps=12000 train.seed=6 $PX diffusion.P_mean=[0.3,-1.2,-1.2] \
   diffusion.P_std=[1.0,1.2,1.2] diffusion.level_weight=[2,1,1] --init runs/demo_mid --out runs/demo_mid2 --resume auto
 hpdm export --ckpt runs/demo_mid2 --out src/hpdm/assets/demo         # EMA weights + config + state
-cp runs/demo/log.jsonl src/hpdm/assets/demo/train_log_stage1.jsonl
-cp runs/demo_ft/log.jsonl src/hpdm/assets/demo/train_log_stage2.jsonl
-cp runs/demo_pxcc/log.jsonl src/hpdm/assets/demo/train_log_stage3.jsonl
-cp runs/demo_pxcc2/log.jsonl src/hpdm/assets/demo/train_log_stage4.jsonl
-cp runs/demo_pxcc3/log.jsonl src/hpdm/assets/demo/train_log_stage5.jsonl
-cp runs/demo_mid/log.jsonl src/hpdm/assets/demo/train_log_stage6.jsonl
-cp runs/demo_mid2/log.jsonl src/hpdm/assets/demo/train_log_stage7.jsonl
+cp runs/demo/log.jsonl docs/experiments/demo-logs/model/train_log_stage1.jsonl
+cp runs/demo_ft/log.jsonl docs/experiments/demo-logs/model/train_log_stage2.jsonl
+cp runs/demo_pxcc/log.jsonl docs/experiments/demo-logs/model/train_log_stage3.jsonl
+cp runs/demo_pxcc2/log.jsonl docs/experiments/demo-logs/model/train_log_stage4.jsonl
+cp runs/demo_pxcc3/log.jsonl docs/experiments/demo-logs/model/train_log_stage5.jsonl
+cp runs/demo_mid/log.jsonl docs/experiments/demo-logs/model/train_log_stage6.jsonl
+cp runs/demo_mid2/log.jsonl docs/experiments/demo-logs/model/train_log_stage7.jsonl
 if ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   echo "no CUDA: stopping after stage 7 (exported to src/hpdm/assets/demo)"
   exit 0
@@ -48,7 +48,7 @@ hpdm export --ckpt runs/demo_gpu2 --out src/hpdm/assets/demo --half data.num_wor
 # the autoguidance guide (level 0 alone, 3 blocks, 2,000 steps: minutes on a CPU)
 hpdm train demo-guide --out runs/demo-guide --resume auto
 hpdm export --ckpt runs/demo-guide --out src/hpdm/assets/demo/guide --half
-cp runs/demo-guide/log.jsonl src/hpdm/assets/demo/guide/train_log.jsonl
+cp runs/demo-guide/log.jsonl docs/experiments/demo-logs/guide/train_log.jsonl
 # the level-0 model (`sample.base`: level 0 alone with 2x2x2-voxel tokens): 10,000 steps (72 min on 2 cores),
 # then three times 13,000 more and twice 12,000 more at sigma ~ LogNormal(-0.3, 1.0), the range below sigma = 2 where
 # the demo samples with it (88 + 95 + 123 + 101 + 98 min); stage 4 started from stage 3's fp16 export (the fp32 run was
@@ -66,11 +66,11 @@ hpdm train demo-base diffusion.P_mean=[-0.3] train.lr=1.0e-3 train.steps=12000 t
 hpdm train demo-base diffusion.P_mean=[-0.3] train.lr=1.0e-3 train.steps=12000 train.seed=5 \
   --init runs/demo-base5 --out runs/demo-base6 --resume auto
 hpdm export --ckpt runs/demo-base6 --out src/hpdm/assets/demo/base --half
-cp runs/demo-base/log.jsonl src/hpdm/assets/demo/base/train_log_stage1.jsonl
-cp runs/demo-base2/log.jsonl src/hpdm/assets/demo/base/train_log_stage2.jsonl
-cp runs/demo-base3/log.jsonl src/hpdm/assets/demo/base/train_log_stage3.jsonl
-cp runs/demo-base4/log.jsonl src/hpdm/assets/demo/base/train_log_stage4.jsonl
-cp runs/demo-base5/log.jsonl src/hpdm/assets/demo/base/train_log_stage5.jsonl
-cp runs/demo-base6/log.jsonl src/hpdm/assets/demo/base/train_log.jsonl
-cp runs/demo_gpu1/log.jsonl src/hpdm/assets/demo/train_log_stage9.jsonl
-cp runs/demo_gpu2/log.jsonl src/hpdm/assets/demo/train_log.jsonl
+cp runs/demo-base/log.jsonl docs/experiments/demo-logs/base/train_log_stage1.jsonl
+cp runs/demo-base2/log.jsonl docs/experiments/demo-logs/base/train_log_stage2.jsonl
+cp runs/demo-base3/log.jsonl docs/experiments/demo-logs/base/train_log_stage3.jsonl
+cp runs/demo-base4/log.jsonl docs/experiments/demo-logs/base/train_log_stage4.jsonl
+cp runs/demo-base5/log.jsonl docs/experiments/demo-logs/base/train_log_stage5.jsonl
+cp runs/demo-base6/log.jsonl docs/experiments/demo-logs/base/train_log.jsonl
+cp runs/demo_gpu1/log.jsonl docs/experiments/demo-logs/model/train_log_stage9.jsonl
+cp runs/demo_gpu2/log.jsonl docs/experiments/demo-logs/model/train_log.jsonl

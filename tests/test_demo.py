@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -14,12 +15,17 @@ from hpdm.demo import demo_checkpoint
 
 def test_shipped_demo_checkpoint_is_small_and_documented():
     ck = demo_checkpoint()
-    for name in ("model.safetensors", "config.yaml", "state.json", "README.md", "train_log.jsonl"):
+    for name in ("model.safetensors", "config.yaml", "state.json", "README.md"):
         assert (ck / name).exists(), name
-    # the autoguidance guide and the level-0 model ship beside it, each with its log
+    # the autoguidance guide and the level-0 model ship beside it
     for sub in ("guide", "base"):
-        for name in ("model.safetensors", "config.yaml", "state.json", "train_log.jsonl"):
+        for name in ("model.safetensors", "config.yaml", "state.json"):
             assert (ck / sub / name).exists(), f"{sub}/{name}"
+    # their complete training logs stay in the repository, out of the package
+    assert not list(ck.rglob("*.jsonl"))
+    logs = Path(__file__).resolve().parent.parent / "docs" / "experiments" / "demo-logs"
+    for sub in ("model", "guide", "base"):
+        assert (logs / sub / "train_log.jsonl").exists(), sub
     # the checkpoint (all three models' weights, configs and states) stays under 20 MB
     files = [
         ck / d / n for d in (".", "guide", "base") for n in ("model.safetensors", "config.yaml", "state.json")
