@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -79,3 +80,41 @@ def test_demo_train_retrains_from_scratch(tmp_path, capsys):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["sample"]["guide"] == str((out / "guide").resolve())
     assert settings["sample"]["base"] == str((out / "base").resolve())
+
+
+def _recipe_overrides(script: Path, out: str) -> tuple[str, list[str]]:
+    """The preset and key=value overrides of the `hpdm train` (and its `hpdm export`) line that
+    writes `--out out` in the recipe script, with its shell variables expanded."""
+    text = script.read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    preset, overrides = None, []
+    for line in text.splitlines():
+        line = line.strip()
+        m = re.fullmatch(r'([A-Z]+)="(.*)"', line)
+        if m:
+            env[m[1]] = re.sub(r"\$(\w+)", lambda v: env[v[1]], m[2])
+            continue
+        words = re.sub(r"\$(\w+)", lambda v: env[v[1]], line).split()
+        if words[:2] == ["hpdm", "train"] and f"--out {out}" in " ".join(words):
+            preset = words[2]
+            overrides += [w for w in words[3:] if "=" in w and not w.startswith("-")]
+        elif words[:2] == ["hpdm", "export"] and f"--ckpt {out}" in " ".join(words):
+            overrides += [w for w in words[2:] if "=" in w and not w.startswith("-")]
+    return preset, overrides
+
+
+def test_the_recipe_reproduces_the_shipped_config():
+    """scripts/make_demo_checkpoint.sh is the demo's recipe: its last stage's command line (and
+    export settings), applied to its preset, gives the shipped config.yaml field for field."""
+    root = Path(__file__).resolve().parent.parent
+    preset, overrides = _recipe_overrides(root / "scripts" / "make_demo_checkpoint.sh", "runs/demo_gpu2")
+    assert preset == "demo" and overrides
+    rebuilt = load_config(preset, overrides).to_dict()
+    shipped = load_config(demo_checkpoint() / "config.yaml").to_dict()
+    for part in ("pyramid", "model", "diffusion", "train", "sample", "data"):
+        if part == "train":
+            rebuilt[part].pop("out_dir"), shipped[part].pop("out_dir")
+        if part == "sample":  # companions are named relative to the shipped folder
+            for key in ("guide", "base"):
+                assert Path(shipped[part].pop(key)).name == Path(rebuilt[part].pop(key)).name
+        assert rebuilt[part] == shipped[part], part
