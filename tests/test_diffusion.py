@@ -232,3 +232,16 @@ def test_level_weight_scales_each_levels_loss(perturbed):
     for bad in ("[1.0,1.0]", "[-1.0,1.0,1.0]", "0.0"):
         with pytest.raises(ConfigError, match="level_weight"):
             load_config("tiny", [f"diffusion.level_weight={bad}"])
+
+
+def test_rescale_moves_a_video_between_levels_scaled_spaces():
+    from hpdm.config import load_config
+    from hpdm.pyramid import PyramidGeometry
+
+    cfg = load_config("demo")
+    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+    d = Diffusion(cfg.diffusion, geo)
+    x = torch.randn(1, 3, 2, 4, 4)  # pixels / σ_in,0
+    y = d.rescale(x, 0, 2)
+    assert torch.allclose(y * d.sigma_in[2], x * d.sigma_in[0])  # the same pixels
+    assert torch.allclose(d.rescale(y, 2, 0), x)

@@ -276,3 +276,9 @@ def test_token_centres_and_pixel_boxes():
     offset, size = pixel_boxes(torch.tensor([[0, 8, 24]]), (4, 32, 32), (2, 8, 8))
     assert torch.equal(offset, torch.tensor([[0.0, 0.25, 0.75]]))
     assert torch.equal(size, torch.tensor([[0.5, 0.25, 0.25]]))
+
+
+def test_grown_axes_name_the_pyramided_axes_of_each_level():
+    geo = PyramidGeometry((8, 32, 32), (16, 128, 128), 3)  # 8x32x32 -> 8x64x64 -> 16x128x128
+    assert geo.grown_axes(1) == (False, True, True)
+    assert geo.grown_axes(2) == (True, True, True)

@@ -201,7 +201,9 @@ def _check_tile_stride(s: SampleConfig, patch) -> None:
     if st is None:
         return
     per = [st] * 3 if isinstance(st, int) and not isinstance(st, bool) else st
-    overlapped = {"none": (False,) * 3, "spatial": (False, True, True), "full": (True,) * 3}[s.overlap]
+    from hpdm.pyramid import OVERLAPPED
+
+    overlapped = OVERLAPPED[s.overlap]
     if (
         not isinstance(per, list | tuple)
         or len(per) != 3

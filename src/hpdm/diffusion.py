@@ -52,6 +52,10 @@ class Diffusion:
         self.P_std = _per_level(cfg.P_std, geo.num_levels)
         self.level_weight = _per_level(cfg.level_weight, geo.num_levels)
 
+    def rescale(self, x: torch.Tensor, from_level: int, to_level: int) -> torch.Tensor:
+        """A video in level `from_level`'s scaled space (x / σ_in) in level `to_level`'s."""
+        return x * float(self.sigma_in[from_level] / self.sigma_in[to_level])
+
     def sample_sigma(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """An independent σ per level per video, LogNormal(P_mean, P_std): (B, L)."""
         n = torch.randn(

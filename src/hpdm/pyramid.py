@@ -68,6 +68,11 @@ class PyramidGeometry:
         """Per-axis downsampling factor of each level w.r.t. the target."""
         return [tuple(R // v for R, v in zip(self.target, V)) for V in self.level_sizes]
 
+    def grown_axes(self, level: int) -> tuple[bool, bool, bool]:
+        """Axes along which level `level` is twice level `level - 1` (the pyramided ones there)."""
+        sizes = self.level_sizes
+        return tuple(sizes[level - 1][a] < sizes[level][a] for a in range(3))
+
     def voxels(self, level: int) -> int:
         return math.prod(self.level_sizes[level])
 
@@ -104,11 +109,9 @@ def level_videos(video: torch.Tensor, geo: PyramidGeometry) -> list[torch.Tensor
     """Every level's virtual video, by repeated exact 2× area downsampling of the target clip."""
     if tuple(video.shape[-3:]) != geo.target:
         raise ValueError(f"video size {tuple(video.shape[-3:])} != pyramid target {geo.target}")
-    sizes = geo.level_sizes
     out = [video]
     for lvl in range(geo.num_levels - 1, 0, -1):
-        axes = [sizes[lvl - 1][a] < sizes[lvl][a] for a in range(3)]
-        out.append(downsample2(out[-1], axes))
+        out.append(downsample2(out[-1], geo.grown_axes(lvl)))
     return out[::-1]
 
 

@@ -35,6 +35,12 @@ from hpdm.pyramid import (
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 
 
+def context_sigma(s: SampleConfig) -> float:
+    """The noise level at which finished coarse levels are fed as context; kept above 0 because
+    the network's noise input is ln(σ) / 4."""
+    return max(s.context_sigma, 1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # EDM samplers (Karras et al. 2022, Algorithm 2), on any tensor
 
@@ -246,7 +252,7 @@ class Cascade:
                     plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens, scale, cache, progress
                 )
             finished.append(y)
-            sig_c = max(s.context_sigma, 1e-3)
+            sig_c = context_sigma(s)
             eps = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(self.device)
             ctx_levels.append(y + sig_c * eps)
         levels = [(y * diffusion.sigma_in[lvl]).clamp(-1, 1).cpu() for lvl, y in enumerate(finished)]
@@ -317,7 +323,7 @@ class Cascade:
             pix = context_offsets(geo, lvl, tiles, k)
             off, size = pixel_boxes(pix, geo.level_sizes[k], self.patch)
             sd = diffusion.sigma_data[k]
-            sig_c = max(s.context_sigma, 1e-3)
+            sig_c = context_sigma(s)
             _, _, c_in, c_noise = edm_coefficients(torch.tensor(sig_c), sd)
             coarse.append((crop(ctx_levels[k], pix, self.patch, index.to(dev)) * c_in, c_noise, off, size))
         tile_labels = labels[index.to(labels.device)] if labels is not None else None
@@ -350,8 +356,8 @@ class Cascade:
         last_net = [None]  # which network made `latents` (self-conditioning does not cross models)
         consistent, axes = None, None  # the finished coarser level, in this level's scaled space
         if lvl > 0 and s.consistency > 0:
-            axes = [geo.level_sizes[lvl - 1][a] < geo.level_sizes[lvl][a] for a in range(3)]
-            consistent = finished[lvl - 1] * float(diffusion.sigma_in[lvl - 1] / diffusion.sigma_in[lvl])
+            axes = geo.grown_axes(lvl)
+            consistent = diffusion.rescale(finished[lvl - 1], lvl - 1, lvl)
 
         def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
@@ -406,7 +412,7 @@ class Cascade:
         sigmas = karras_sigmas(plan.steps, s.sigma_min, start if truncated else s.sigma_max, s.rho)
         noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
         if truncated:  # SDEdit: start from the coarser level, upsampled, noised to start_sigma
-            prev = finished[lvl - 1] * float(diffusion.sigma_in[lvl - 1] / diffusion.sigma_in[lvl])
+            prev = diffusion.rescale(finished[lvl - 1], lvl - 1, lvl)
             up = F.interpolate(prev, size=plan.canvas, mode="trilinear", align_corners=False)
             noise = noise + up / start  # edm_sampler starts from noise * σ_0
         evals = plan.steps * (2 if plan.heun else 1) - (1 if plan.heun else 0)
