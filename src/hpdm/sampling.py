@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,27 @@ from hpdm.pyramid import (
 )
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+class ContextCrop(NamedTuple):
+    """One finished coarser level as context for a batch of tiles: its crops around the tiles,
+    preconditioned (c_in · crop at the context σ), the network's noise input at that σ, and the
+    crops' boxes in whole-video units."""
+
+    x: torch.Tensor  # (T, 3, *patch) c_in-scaled crops
+    c_noise: torch.Tensor  # () ln(σ_context) / 4
+    offset: torch.Tensor  # (T, 3) box offsets
+    size: torch.Tensor  # (T, 3) box sizes
+
+    def tiles(self, sl: slice) -> ContextCrop:
+        """The context of a slice of the tiles."""
+        return ContextCrop(self.x[sl], self.c_noise, self.offset[sl], self.size[sl])
+
+    def twice(self) -> ContextCrop:
+        """The context for a conditional and an unconditional pass in one batch."""
+        return ContextCrop(
+            torch.cat([self.x] * 2), self.c_noise, torch.cat([self.offset] * 2), torch.cat([self.size] * 2)
+        )
 
 
 def context_sigma(s: SampleConfig) -> float:
@@ -325,7 +347,9 @@ class Cascade:
             sd = diffusion.sigma_data[k]
             sig_c = context_sigma(s)
             _, _, c_in, c_noise = edm_coefficients(torch.tensor(sig_c), sd)
-            coarse.append((crop(ctx_levels[k], pix, self.patch, index.to(dev)) * c_in, c_noise, off, size))
+            coarse.append(
+                ContextCrop(crop(ctx_levels[k], pix, self.patch, index.to(dev)) * c_in, c_noise, off, size)
+            )
         tile_labels = labels[index.to(labels.device)] if labels is not None else None
         tile_text = text[index.to(text.device)] if text is not None else None
         use_cfg = guidance != 1.0 and (labels is not None or text is not None)
@@ -383,7 +407,7 @@ class Cascade:
                     cn,
                     off,
                     size,
-                    [(c[0][sl], c[1], c[2][sl], c[3][sl]) for c in coarse],
+                    [c.tiles(sl) for c in coarse],
                     _context(contexts, j, n, use_cfg, guided),
                     tile_labels,
                     tile_text,
@@ -462,7 +486,7 @@ class Cascade:
         dup = lambda t: torch.cat([t, t]) if t is not None else None  # noqa: E731
         both_lab = torch.cat([lab, null_lab]) if lab is not None else None
         both_txt = torch.cat([txt, null_txt]) if txt is not None else None
-        coarse2 = [(dup(c[0]), c[1], dup(c[2]), dup(c[3])) for c in coarse]
+        coarse2 = [c.twice() for c in coarse]
         out, lat = self._call(
             lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt, prev, base
         )
@@ -481,16 +505,18 @@ class Cascade:
             pixels = None
             if lvl > 0 and self.model.pixels:  # the previous level's crop, onto this tile
                 c = coarse[-1]
-                pixels = self.model.resample_pixels(c[0], c[2].to(x.device), c[3].to(x.device), off, size)
+                pixels = self.model.resample_pixels(
+                    c.x, c.offset.to(x.device), c.size.to(x.device), off, size
+                )
             res = self.model.forward_level(
                 x, c_noise, off, size, lvl, context, labels, text, prev=prev, return_latents=sc, pixels=pixels
             )
             return res if sc else (res, None)
         n = x.shape[0]
-        xs = torch.stack([c[0] for c in coarse] + [x], dim=1)
-        cn = torch.stack([c[1].expand(n).to(x.device) for c in coarse] + [c_noise], dim=1)
-        offs = torch.stack([c[2].to(x.device) for c in coarse] + [off], dim=1)
-        sizes = torch.stack([c[3].to(x.device) for c in coarse] + [size], dim=1)
+        xs = torch.stack([c.x for c in coarse] + [x], dim=1)
+        cn = torch.stack([c.c_noise.expand(n).to(x.device) for c in coarse] + [c_noise], dim=1)
+        offs = torch.stack([c.offset.to(x.device) for c in coarse] + [off], dim=1)
+        sizes = torch.stack([c.size.to(x.device) for c in coarse] + [size], dim=1)
         if not sc:
             return self.model(xs, cn, offs, sizes, labels, text)[:, -1], None
         # coarse levels are not self-conditioned at sampling (training leaves 1 - rate of them out)
@@ -521,10 +547,10 @@ class Cascade:
         for a in starts:
             sl = slice(a, a + chunk)
             n = t_off[sl].shape[0]
-            xs = torch.stack([c[0][sl] for c in coarse], dim=1)
-            cn = torch.stack([c[1].expand(n) for c in coarse], dim=1).to(dev)
-            offs = torch.stack([c[2][sl] for c in coarse], dim=1).to(dev)
-            sizes = torch.stack([c[3][sl] for c in coarse], dim=1).to(dev)
+            xs = torch.stack([c.x[sl] for c in coarse], dim=1)
+            cn = torch.stack([c.c_noise.expand(n) for c in coarse], dim=1).to(dev)
+            offs = torch.stack([c.offset[sl] for c in coarse], dim=1).to(dev)
+            sizes = torch.stack([c.size[sl] for c in coarse], dim=1).to(dev)
             lab = labels[sl] if labels is not None else None
             txt = text[sl] if text is not None else None
             if use_cfg:
