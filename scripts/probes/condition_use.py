@@ -1,9 +1,10 @@
-"""Does a checkpoint use its class label? Level-0 denoising error of shapes clips noised at σ,
-given the right label, a wrong one (shifted by 3) and the null label. A model that ignores the
-label gives the same error for all three, and classifier-free guidance then does nothing
-(docs/decisions.md, "token conditioning").
+"""Probe: does a checkpoint use its class label (level-0 error with the right, a wrong and the null label)?
 
-    python scripts/condition_use.py src/hpdm/assets/demo runs/demo
+Level-0 denoising error of shapes clips noised at σ, given the right label, a wrong one (shifted by
+3) and the null label. A model that ignores the label gives the same error for all three, and
+classifier-free guidance then does nothing (docs/decisions.md, "token conditioning").
+
+    python scripts/probes/condition_use.py src/hpdm/assets/demo runs/demo
 """
 
 import sys

@@ -1,4 +1,6 @@
-"""What the finer levels can draw on their own: held-out real shapes clips are downsampled to
+"""Probe: what the finer levels draw on their own, sampled from held-out real level-0 clips.
+
+What the finer levels can draw on their own: held-out real shapes clips are downsampled to
 their level 0, the checkpoint samples only the finer levels from it (`Cascade.generate(given=…)`),
 and each level is scored as `hpdm eval report` scores the final level: class and shape accuracy
 (the colour-blind classifier: does the outline name the class?), object persistence, blockiness
@@ -6,9 +8,9 @@ and judder (1.0 = no pixel grid / even frame changes). Real
 clips score 100% on all three, at every level; what the finer levels lose from there is theirs,
 not level 0's. Compare with `hpdm eval report` (the whole cascade) to see which part limits it.
 
-    python scripts/finer_levels.py src/hpdm/assets/demo
-    python scripts/finer_levels.py --num 64 --set sample.overlap=spatial src/hpdm/assets/demo
-    python scripts/finer_levels.py --figure docs/images/from_real_level0.jpg src/hpdm/assets/demo
+    python scripts/probes/finer_levels.py src/hpdm/assets/demo
+    python scripts/probes/finer_levels.py --num 64 --set sample.overlap=spatial src/hpdm/assets/demo
+    python scripts/probes/finer_levels.py --figure docs/images/from_real_level0.jpg src/hpdm/assets/demo
 
 `--figure PATH` instead draws the first 8 clips: two frames of the real clip, then the same two
 frames sampled from its level 0.

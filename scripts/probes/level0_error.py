@@ -1,11 +1,13 @@
-"""Level-0 denoising error of checkpoints on held-out shapes clips: the mean squared error of D(x + σn)
+"""Probe: level-0 denoising error of checkpoints on held-out shapes clips (and level-0 samples).
+
+Level-0 denoising error of checkpoints on held-out shapes clips: the mean squared error of D(x + σn)
 against x at a few fixed σ (the same clips, labels and noise for every checkpoint), in data space,
 and their sum. Level 0 decides the layout, class and outline of a clip, so this error tracks what
 the cascade can draw at all; it is a cheap, low-variance companion to `hpdm eval report`
 (docs/decisions.md, "level 0 limits the demo").
 
-    python scripts/level0_error.py src/hpdm/assets/demo runs/demo/checkpoints/step_0012000
-    python scripts/level0_error.py --samples 256 src/hpdm/assets/demo   # + level-0 samples
+    python scripts/probes/level0_error.py src/hpdm/assets/demo runs/demo/checkpoints/step_0012000
+    python scripts/probes/level0_error.py --samples 256 src/hpdm/assets/demo   # + level-0 samples
 
 `--samples N` also generates N level-0 clips (classes cycling, seed 1, the checkpoint's sampling
 settings and level-0 guidance) and scores them as `hpdm eval report` scores the final level:
@@ -20,7 +22,7 @@ level-0 Karras schedule, its level-0 classifier-free guidance and autoguidance, 
 leaves them), and the colour-blind classifier scores the results. A model that knows each class's outline keeps it from any σ (100%); the share kept
 falls towards that of unconditional samples as S grows past where the model stops drawing it.
 
-    python scripts/level0_error.py --retention 0.3,1,2,4 src/hpdm/assets/demo
+    python scripts/probes/level0_error.py --retention 0.3,1,2,4 src/hpdm/assets/demo
 """
 
 import argparse

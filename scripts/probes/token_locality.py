@@ -1,9 +1,11 @@
-"""How local is a checkpoint's level-0 denoiser? For shapes clips noised at σ, the share of one
-output token's input sensitivity (squared input gradient of a random projection of its output)
-that comes from its own input token. Near 1.0, the tokens do not exchange information and the
-sampler scatters token-sized blobs (docs/decisions.md, "token mixing").
+"""Probe: how local a checkpoint's level-0 denoiser is (own-token share of input sensitivity).
 
-    python scripts/token_locality.py src/hpdm/assets/demo runs/demo
+For shapes clips noised at σ, the share of one output token's input sensitivity (squared input
+gradient of a random projection of its output) that comes from its own input token. Near 1.0, the
+tokens do not exchange information and the sampler scatters token-sized blobs (docs/decisions.md,
+"token mixing").
+
+    python scripts/probes/token_locality.py src/hpdm/assets/demo runs/demo
 """
 
 import sys

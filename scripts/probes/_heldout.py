@@ -1,5 +1,7 @@
-"""Shared set-up of the diagnostic scripts: a checkpoint in eval mode with held-out shapes clips at
-its level 0 (indices from 50,000 on, which no demo run of under 50,000 videos has seen first)."""
+"""Shared set-up of the probes: a checkpoint in eval mode and held-out shapes clips at its level 0.
+
+Held-out means indices from 50,000 on, which no demo run of under 50,000 videos has seen.
+"""
 
 import torch
 import torch.nn.functional as F

@@ -1,13 +1,15 @@
-"""How much of a clean coarse level reaches the next level? Level-1 denoising error of real shapes
-patches noised at σ, given level 0 as a clean context (σ = 0.05, as at sampling), a wrong context
-(another clip's level 0) and, as a yardstick, level 0 itself upsampled onto the level-1 patch.
+"""Probe: how much of a clean coarse level reaches the next level (level-1 error given level 0)?
+
+Level-1 denoising error of real shapes patches noised at σ, given level 0 as a clean context (σ =
+0.05, as at sampling), a wrong context (another clip's level 0) and, as a yardstick, level 0 itself
+upsampled onto the level-1 patch.
 
 At high σ the level-1 patch's own input is noise, so its error measures what the network reads
 from the context. A network that reads the context's detail does at least as well as plain
 upsampling; one that reads only placement and colour sits between upsampling and the wrong
 context (docs/decisions.md, "context use").
 
-    python scripts/context_use.py src/hpdm/assets/demo
+    python scripts/probes/context_use.py src/hpdm/assets/demo
 """
 
 import sys
