@@ -2,7 +2,7 @@
 
 Level-0 denoising error of shapes clips noised at σ, given the right label, a wrong one (shifted by
 3) and the null label. A model that ignores the label gives the same error for all three, and
-classifier-free guidance then does nothing (docs/decisions.md, "token conditioning").
+classifier-free guidance then does nothing (docs/experiments/decisions-evidence.md, "Token conditioning").
 
     python scripts/probes/condition_use.py src/hpdm/assets/demo runs/demo
 """

@@ -7,7 +7,7 @@ upsampled onto the level-1 patch.
 At high σ the level-1 patch's own input is noise, so its error measures what the network reads
 from the context. A network that reads the context's detail does at least as well as plain
 upsampling; one that reads only placement and colour sits between upsampling and the wrong
-context (docs/decisions.md, "context use").
+context (docs/experiments/decisions-evidence.md, "Context use").
 
     python scripts/probes/context_use.py src/hpdm/assets/demo
 """

@@ -4,7 +4,7 @@ Level-0 denoising error of checkpoints on held-out shapes clips: the mean square
 against x at a few fixed σ (the same clips, labels and noise for every checkpoint), in data space,
 and their sum. Level 0 decides the layout, class and outline of a clip, so this error tracks what
 the cascade can draw at all; it is a cheap, low-variance companion to `hpdm eval report`
-(docs/decisions.md, "level 0 limits the demo").
+(docs/experiments/decisions-evidence.md, "Level 0 limits the demo").
 
     python scripts/probes/level0_error.py src/hpdm/assets/demo runs/demo/checkpoints/step_0012000
     python scripts/probes/level0_error.py --samples 256 src/hpdm/assets/demo   # + level-0 samples

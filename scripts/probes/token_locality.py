@@ -2,8 +2,8 @@
 
 For shapes clips noised at σ, the share of one output token's input sensitivity (squared input
 gradient of a random projection of its output) that comes from its own input token. Near 1.0, the
-tokens do not exchange information and the sampler scatters token-sized blobs (docs/decisions.md,
-"token mixing").
+tokens do not exchange information and the sampler scatters token-sized blobs
+(docs/experiments/decisions-evidence.md, "Token mixing").
 
     python scripts/probes/token_locality.py src/hpdm/assets/demo runs/demo
 """
