@@ -16,14 +16,13 @@
 # shipped model's EMA weights (`--init`, a fresh optimiser) with the knobs its last stages were
 # trained with (pixel context, clean context for half the videos, level 0 at σ ~ LogNormal(0.3, 1.0)
 # with its loss weighted twice). INIT=none trains from scratch instead (then
-# overrides may change the widths, e.g. model.dim=192, or the token size: 2x2x2 tokens at level 0
-# (model.cube0=[2,2,2]) are what moved level 0 most per step on the CPU (docs/decisions.md,
-# "level-0 probes"), and keep `hpdm demo` under a minute on 2 cores where model.cube=[2,2,2] at
-# every level would not; INIT=DIR starts from another checkpoint). With the default INIT,
-# model.cube0=[2,2,2] keeps everything but level 0's new tokenizer and detokenizer.
+# overrides may change the widths, e.g. model.dim=192, or the token size: 2x2x2 tokens
+# (model.cube=[2,2,2]) are what moved level 0 most per step on the CPU
+# (docs/experiments/decisions-evidence.md, "Level-0 probes"), at about 4x the cost at every level;
+# INIT=DIR starts from another checkpoint).
 # Stages 9-10 of the shipped model are two such runs at batch 128 on an H200 (5.8 steps/s alone,
 # the clips drawn on the GPU by data.render=auto); they lowered its FVD but not how often level 0
-# draws outlines (docs/decisions.md, "level-0 outlines"). Evaluate what comes back on any machine:
+# draws outlines (docs/experiments/decisions-evidence.md, "Level-0 outlines"). Evaluate what comes back on any machine:
 #   hpdm eval report --ckpt $OUT/demo --num 32   (copy guide/ and base/ beside it to sample as shipped)
 # Without a GPU it runs on the CPU (slowly): the same commands, for a dry run at tiny sizes, e.g.
 #   OUT=/tmp/gpu_dry bash scripts/gpu_demo.sh 20 2

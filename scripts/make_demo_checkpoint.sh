@@ -7,8 +7,8 @@
 #        context for half the videos, three more schedules at lr 1e-3: 3,000 + 3,000 + 12,000 steps,
 #        about 20 + 20 + 80 min;
 #   6. level 0 weighted twice (`diffusion.level_weight`) and trained at sigma ~ LogNormal(0.3, 1.0), the
-#      range where it loses the object's outline (docs/decisions.md, "level-0 outlines"): 8,000 steps
-#      at lr 1e-3, about 53 min;
+#      range where it loses the object's outline (docs/experiments/decisions-evidence.md,
+#      "Level-0 outlines"): 8,000 steps at lr 1e-3, about 53 min;
 #   7. the same recipe again, 12,000 steps, about 74 min;
 #   9-10. the same recipe at batch 128 (CUDA; the shapes clips drawn on the GPU, `data.render=auto`):
 #      1,254 + 1,356 steps, about 6 + 4 min on an H200 (scripts/gpu_demo.sh sized them to its time).
