@@ -22,7 +22,7 @@ from hpdm.pyramid import Boxes, PyramidGeometry, sample_boxes
 def per_video(geo, diff, shape, box_gens, loss_gens, device):
     """Each video as a batch of one, then concatenated."""
     boxes = [sample_boxes(geo, 1, g) for g in box_gens]
-    boxes = Boxes(*(torch.cat([getattr(b, k) for b in boxes]) for k in ("offset", "size", "pixel")))
+    boxes = Boxes.cat(boxes)
     parts = [diff.draw(1, shape, g, device) for g in loss_gens]
     return boxes, tuple(torch.cat(p) for p in zip(*parts))
 

@@ -22,9 +22,10 @@ import time
 import common as bc
 import torch
 
+from hpdm import sampling
 from hpdm.config import load_config
 from hpdm.model.hpdm import HPDM
-from hpdm.sampling import Cascade, output_geometry
+from hpdm.sampling import Sampler, output_geometry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,28 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def timed_generate(cascade: Cascade, cache: str, args) -> tuple[list[float], list[bool]]:
+def timed_generate(sampler: Sampler, cache: str, args) -> tuple[list[float], list[bool]]:
     """Seconds per level of one generation, and whether each level used the context cache."""
     per_level, cached = [], []
-    real_sample, real_cache = cascade._sample_level, cascade._build_cache
+    cascade = sampler.cascade
+    real_sample, real_branches = sampling.sample_level, cascade.branches
 
-    def sample_level(plan, *a, **kw):
-        cached.append(False)
+    def sample_level(*a, **kw):
         t0 = time.perf_counter()
-        out = real_sample(plan, *a, **kw)
+        out = real_sample(*a, **kw)
         if cascade.device.type == "cuda":
             torch.cuda.synchronize(cascade.device)
         per_level.append(time.perf_counter() - t0)
         return out
 
-    def build_cache(*a, **kw):
-        out = real_cache(*a, **kw)
-        cached[-1] = out is not None
+    def branches(*a, **kw):
+        out = real_branches(*a, **kw)
+        cached.append(all(b.cache is not None for b in out.values()))
         return out
 
-    cascade._sample_level, cascade._build_cache = sample_level, build_cache
+    sampling.sample_level, cascade.branches = sample_level, branches
     try:
-        cascade.generate(
+        sampler.generate(
             num=args.num,
             size=args.size,
             seed=0,
@@ -73,7 +74,8 @@ def timed_generate(cascade: Cascade, cache: str, args) -> tuple[list[float], lis
             progress=False,
         )
     finally:
-        del cascade._sample_level, cascade._build_cache
+        sampling.sample_level = real_sample
+        del cascade.branches
     return per_level, cached
 
 
@@ -93,17 +95,17 @@ def main() -> None:
         torch.manual_seed(0)
         model = HPDM(cfg).to(device)
         source = f"fresh {args.preset} model"
-    cascade = Cascade(model, cfg, device)
+    sampler = Sampler(model, cfg, device)
     geo = output_geometry(cfg, args.size)
     overlap = args.overlap or cfg.sample.overlap
-    plans = cascade.plan(geo, overlap, args.steps)
+    plans = sampler.cascade.plan(geo, overlap, args.steps)
 
-    timed_generate(cascade, "context", args)  # warm-up: allocator, kernels, thread pool
+    timed_generate(sampler, "context", args)  # warm-up: allocator, kernels, thread pool
     times = {"none": [], "context": []}
     used = {}
     for _ in range(args.rounds):
         for cache in ("none", "context"):
-            t, c = timed_generate(cascade, cache, args)
+            t, c = timed_generate(sampler, cache, args)
             times[cache].append(t)
             used[cache] = c
 

@@ -179,7 +179,7 @@ def ac_schedule(num_blocks: int, levels: int) -> list[int]:
 
 
 # Every config field that may hold one value per level (validated against pyramid.num_levels in
-# hpdm.config.validate). model.levels_per_block, model.cube0 and the input scale
+# hpdm.config.validate). model.levels_per_block and the input scale
 # (diffusion.sigma_in0 / sigma_in_factor) are per-level too and are handled by name below.
 PER_LEVEL_FIELDS = (
     ("diffusion", "P_mean"),

@@ -38,7 +38,7 @@ workers=$(($(nproc) > 2 ? $(nproc) - 2 : 0))
 preset=${PRESET:-demo}
 case "$preset" in
   demo) init=${INIT:-src/hpdm/assets/demo}
-    knobs=(model.pixel_context=true diffusion.clean_context=0.5 "diffusion.P_mean=[0.3,-1.2,-1.2]"
+    knobs=(model.fusion=deep+pixels diffusion.clean_context=0.5 "diffusion.P_mean=[0.3,-1.2,-1.2]"
       "diffusion.P_std=[1.0,1.2,1.2]" "diffusion.level_weight=[2,1,1]") ;;
   demo-base) init=${INIT:-src/hpdm/assets/demo/base}
     knobs=("diffusion.P_mean=[-0.3]" "diffusion.P_std=[1.0]") ;;

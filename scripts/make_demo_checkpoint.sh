@@ -16,7 +16,7 @@
 # Without CUDA the script stops after stage 7 (at batch 128 the last two would take a day on 2 cores).
 # Every stage resumes after an interruption: rerun the script.
 set -euo pipefail
-PX="model.pixel_context=true diffusion.clean_context=0.5"
+PX="model.fusion=deep+pixels diffusion.clean_context=0.5"
 hpdm train demo --out runs/demo --resume auto
 hpdm train demo train.lr=1.0e-3 train.steps=14000 train.seed=1 --init runs/demo --out runs/demo_ft --resume auto
 hpdm train demo train.lr=1.0e-3 train.steps=3000 $PX --init runs/demo_ft --out runs/demo_pxcc --resume auto

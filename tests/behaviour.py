@@ -24,10 +24,10 @@ def demo_samples() -> dict[str, np.ndarray]:
     subsampled in space so the fixture stays small (any change moves most pixels)."""
     from hpdm.checkpoint import load_model
     from hpdm.demo import demo_checkpoint
-    from hpdm.sampling import Cascade
+    from hpdm.sampling import Sampler
 
     model, cfg = load_model(demo_checkpoint())
-    gen = Cascade(model, cfg, torch.device("cpu")).generate(
+    gen = Sampler(model, cfg, torch.device("cpu")).generate(
         num=len(DEMO_LABELS), labels=DEMO_LABELS, seed=0, steps=DEMO_STEPS, progress=False
     )
     return {

@@ -151,3 +151,38 @@ def test_tile_stride_is_checked():
     for bad in ("1.5", "true", "x"):
         with pytest.raises(ConfigError, match="tile_stride"):
             load_config("demo", [f"sample.tile_stride={bad}"])
+
+
+def test_configs_saved_before_the_model_options_were_reorganised_still_load(tmp_path):
+    """Issue 28 removed `model.cube0` and `model.token_attn` and folded `model.pixel_context` into
+    `model.fusion`: a saved config that leaves the removed options off loads as today's, one that
+    uses them is refused with the reason, and so is an override of a removed key."""
+    import yaml
+
+    raw = load_config("tiny").to_dict()
+    raw["model"].update(cube0=None, token_attn=False, pixel_context=True)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert cfg.model.fusion == "deep+pixels"
+    raw["model"].update(pixel_context=False, cube0=list(cfg.model.cube))  # cube0 equal to the cube: a no-op
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).model.fusion == "deep"
+    for bad, words in [
+        ({"token_attn": True}, "token_attn .*removed"),
+        ({"cube0": [1, 2, 2]}, "cube0 .*removed.*model.cube"),
+        ({"pixel_context": True, "fusion": "shallow"}, "now model.fusion=deep\\+pixels"),
+    ]:
+        path.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "cube0": None, **bad}}))
+        with pytest.raises(ConfigError, match=words):
+            load_config(path)
+    with pytest.raises(ConfigError, match="override 'model.pixel_context'.*model.fusion=deep\\+pixels"):
+        load_config("tiny", ["model.pixel_context=true"])
+    with pytest.raises(ConfigError, match="override 'model.cube0'.*removed"):
+        load_config("tiny", ["model.cube0=[1,2,2]"])
+    # the shipped demo's configs are written in today's fields
+    from hpdm.demo import demo_checkpoint
+
+    for sub in ("", "base", "guide"):
+        text = (demo_checkpoint() / sub / "config.yaml").read_text()
+        assert not any(k in text for k in ("cube0", "token_attn", "pixel_context")), sub

@@ -10,7 +10,7 @@ import torch
 from hpdm.config import ConfigError, DiffusionConfig, load_config
 from hpdm.diffusion import Diffusion, edm_coefficients, input_scales
 from hpdm.model.hpdm import HPDM
-from hpdm.pyramid import PyramidGeometry, sample_boxes
+from hpdm.pyramid import Boxes, PyramidGeometry, sample_boxes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,7 +52,7 @@ def test_input_scales_tiny_and_explicit_factor():
 
 
 def _boxes(B, L):
-    return torch.zeros(B, L, 3), torch.ones(B, L, 3)
+    return Boxes(torch.zeros(B, L, 3), torch.ones(B, L, 3))
 
 
 def test_denoise_preconditioning_and_small_sigma_limit():
@@ -62,12 +62,12 @@ def test_denoise_preconditioning_and_small_sigma_limit():
     y = torch.randn(B, L, 3, 2, 8, 8, generator=g)
     seen = {}
 
-    def net(x_in, c_noise, offset, size, labels=None, text=None):
+    def net(x_in, c_noise, boxes, labels=None, text=None):
         seen["x_in"], seen["c_noise"] = x_in, c_noise
         return torch.tanh(torch.randn(x_in.shape, generator=g)) * 3  # any bounded output
 
     sigma = torch.tensor([[0.3, 1.0, 4.0], [2.0, 0.05, 0.7]])
-    D = diff.denoise(net, y, sigma, *_boxes(B, L))
+    D = diff.denoise(net, y, sigma, _boxes(B, L))
     sd = diff.sigma_data[None, :]
     c_in = 1 / (sigma**2 + sd**2).sqrt()
     torch.testing.assert_close(seen["x_in"], c_in[..., None, None, None, None] * y)
@@ -75,9 +75,9 @@ def test_denoise_preconditioning_and_small_sigma_limit():
     assert D.shape == y.shape
 
     tiny_sigma = torch.full((B, L), 1e-4)
-    D = diff.denoise(net, y, tiny_sigma, *_boxes(B, L))
+    D = diff.denoise(net, y, tiny_sigma, _boxes(B, L))
     assert (D - y).abs().max() < 4e-4  # c_skip → 1, c_out ≈ σ: D(y; σ → 0) = y
-    assert (diff.denoise(net, y, torch.full((B, L), 1e-2), *_boxes(B, L)) - y).abs().max() > 1e-3
+    assert (diff.denoise(net, y, torch.full((B, L), 1e-2), _boxes(B, L)) - y).abs().max() > 1e-3
 
 
 def test_loss_is_edm_weighted():
@@ -88,12 +88,12 @@ def test_loss_is_edm_weighted():
     x = torch.rand(B, L, 3, 2, 8, 8, generator=g) * 2 - 1
     seen = {}
 
-    def net(x_in, c_noise, offset, size, labels=None, text=None):
+    def net(x_in, c_noise, boxes, labels=None, text=None):
         seen["x_in"] = x_in
         seen["F"] = torch.randn(x_in.shape, generator=g) * 0.5
         return seen["F"]
 
-    loss, per, sigma = diff.loss(net, x, *_boxes(B, L), generator=torch.Generator().manual_seed(2))
+    loss, per, sigma = diff.loss(net, x, _boxes(B, L), generator=torch.Generator().manual_seed(2))
     assert per.shape == sigma.shape == (B, L)
     e = (...,) + (None,) * 4
     y = x / diff.sigma_in[None, :, None, None, None, None]
@@ -120,8 +120,8 @@ def test_per_video_draws_are_the_videos_own_and_lognormal():
     diff, L = Diffusion(cfg, TINY), TINY.num_levels
     shape = (L, 3, *TINY.patch)
     gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    batch = diff.draw(5, shape, gens(range(5)), "cpu", self_cond=0.5)
-    alone = diff.draw(1, shape, gens([3]), "cpu", self_cond=0.5)
+    batch = diff.draw(5, shape, gens(range(5)), "cpu")
+    alone = diff.draw(1, shape, gens([3]), "cpu")
     for a, b in zip(batch, alone):
         assert torch.equal(a[3:4], b)
     assert not torch.equal(batch[1][0], batch[1][1])  # videos differ
@@ -158,13 +158,13 @@ def test_loss_noise_is_independent_per_level_and_labels_dropped():
     x = torch.zeros(B, L, 3, 4, 8, 8)
     seen = {}
 
-    def net(x_in, c_noise, offset, size, labels=None, text=None):
+    def net(x_in, c_noise, boxes, labels=None, text=None):
         seen["x_in"], seen["labels"] = x_in, labels
         return torch.zeros_like(x_in)
 
     labels = torch.arange(B) % 8
     _, _, sigma = diff.loss(
-        net, x, *_boxes(B, L), labels=labels, generator=torch.Generator().manual_seed(0), null_class=8
+        net, x, _boxes(B, L), labels=labels, generator=torch.Generator().manual_seed(0), null_class=8
     )
     assert torch.all(sigma[:, 0] != sigma[:, 1])
     noise = seen["x_in"] / (sigma / (sigma**2 + diff.sigma_data**2).sqrt())[..., None, None, None, None]
@@ -202,7 +202,7 @@ def test_clean_context_gives_coarse_levels_the_sampling_context_noise_and_no_los
     boxes = sample_boxes(geo, B, torch.Generator().manual_seed(0))
     labels = torch.zeros(B, dtype=torch.long)
     diff = Diffusion(cfg.diffusion, geo)
-    loss, per, sig = diff.loss(model, x, boxes.offset, boxes.size, labels, generator=gens(), null_class=8)
+    loss, per, sig = diff.loss(model, x, boxes, labels, generator=gens(), null_class=8)
     torch.testing.assert_close(loss, (per * keep).mean(0).sum())
     assert torch.equal(sig, sigma) and (per[given] > 0).all()
     with pytest.raises(ConfigError, match="clean_context"):
@@ -220,7 +220,7 @@ def test_level_weight_scales_each_levels_loss(perturbed):
     boxes = sample_boxes(geo, B, torch.Generator().manual_seed(0))
     labels = torch.zeros(B, dtype=torch.long)
     gens = lambda: [torch.Generator().manual_seed(s) for s in range(B)]  # noqa: E731
-    args = (model, x, boxes.offset, boxes.size, labels)
+    args = (model, x, boxes, labels)
     loss, per, _ = Diffusion(cfg.diffusion, geo).loss(*args, generator=gens(), null_class=8)
     plain, p_per, _ = Diffusion(load_config("tiny").diffusion, geo).loss(
         *args, generator=gens(), null_class=8

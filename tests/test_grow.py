@@ -9,6 +9,7 @@ from hpdm.cli import main
 from hpdm.config import load_config
 from hpdm.grow import init_from_state
 from hpdm.model.hpdm import HPDM
+from hpdm.pyramid import Boxes
 
 BASE = ["pyramid.target=[2,8,8]", "pyramid.num_levels=1", "model.levels_per_block=[1,1,1]"]
 
@@ -25,9 +26,9 @@ def test_grown_level0_equals_base():
     assert any(k.startswith("fusion.") for k in report["new"])
     x = torch.randn(2, 1, 3, 2, 8, 8)
     c = torch.randn(2, 1)
-    off, size = torch.zeros(2, 1, 3), torch.ones(2, 1, 3)
+    boxes = Boxes(torch.zeros(2, 1, 3), torch.ones(2, 1, 3))
     labels = torch.tensor([1, 4])
-    torch.testing.assert_close(grown(x, c, off, size, labels), base(x, c, off, size, labels))
+    torch.testing.assert_close(grown(x, c, boxes, labels), base(x, c, boxes, labels))
     # new levels start from the base's level-0 latents
     assert torch.equal(grown.latents[2], base.latents[0])
 

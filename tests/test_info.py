@@ -76,16 +76,6 @@ OLD = [
     ("tiny", ["model.levels_per_block=null"], 1, 131344, 21006336, 21006336, [5597184] * 3, 636887.0),
     (
         "tiny",
-        ["model.token_attn=true", "model.token_conv=true", "model.token_cond=true"],
-        1,
-        145680,
-        18054144,
-        27024384,
-        [2460672, 5028864, 7597056],
-        476947.0,
-    ),
-    (
-        "tiny",
         ["model.text_dim=16", "model.num_classes=0"],
         1,
         129328,
@@ -104,16 +94,6 @@ OLD = [
         [483524608, 1018560512, 1553596416, 1553596416],
         33409179.0,
     ),
-    (
-        "demo",
-        ["model.cube0=[2,2,2]"],
-        1,
-        3548280,
-        12640976896,
-        14764212224,
-        [1576271872, 2111307776, 2646343680, 2646343680],
-        64340123.0,
-    ),
 ]
 
 
@@ -130,13 +110,11 @@ def _old_count_corrections(cfg: Config, lpb: list[int]) -> tuple[list[int], list
     m = cfg.model
     L = cfg.pyramid.num_levels
     n = math.prod(p // c for p, c in zip(cfg.pyramid.patch, m.cube))
-    n0 = math.prod(p // c for p, c in zip(cfg.pyramid.patch, m.cube0 or m.cube))
     q = m.num_latents + 2 + (m.num_classes > 0) + (TEXT_TOKENS if m.text_dim > 0 else 0)
     d, dl, h = m.dim, m.latent_dim, int(m.dim * m.mlp_ratio)
 
     def to_total(tokens: int) -> int:
         attention = q * tokens * dl + m.latent_layers * q * q * dl + tokens * q * d
-        attention += tokens * tokens * d if m.token_attn else 0
         conv = 2 * 27 * d * tokens if m.token_conv else 0
         return 14 * attention - (d - 1) * conv
 
@@ -144,8 +122,8 @@ def _old_count_corrections(cfg: Config, lpb: list[int]) -> tuple[list[int], list
         write_backward = 4 * (2 * tokens * d * d + q * dl * 2 * d + 2 * tokens * d * h)
         return to_total(tokens) + write_backward
 
-    total = [to_total(n0) + (min(nb, L) - 1) * to_total(n) for nb in lpb]
-    block = [to_block(n0) + (min(nb, L) - 1) * to_block(n) for nb in lpb]
+    total = [min(nb, L) * to_total(n) for nb in lpb]
+    block = [min(nb, L) * to_block(n) for nb in lpb]
     return total, block
 
 
@@ -167,10 +145,9 @@ def test_counts_equal_the_old_implementation(preset, overrides, batch, params, f
 
 
 def test_meta_counts_equal_a_real_forward(tiny_config):
-    """The meta step gives what a real CPU step gives (attention, token convolution and attention on)."""
+    """The meta step gives what a real CPU step gives (attention and token convolution on)."""
     cfg = tiny_config(
         "model.token_conv=true",
-        "model.token_attn=true",
         "model.token_cond=true",
         "model.levels_per_block=null",
     )
@@ -240,9 +217,7 @@ def test_full_res_config_of_every_per_level_list(tiny_config):
         "pyramid.num_levels=4",
         "pyramid.target=[8,64,64]",
         "model.levels_per_block=[2,3,4]",
-        "model.cube0=[1,2,2]",
-        "model.fusion=deep",
-        "model.pixel_context=true",
+        "model.fusion=deep+pixels",
         "diffusion.P_mean=[0.5,-1.0,-1.1,-1.2]",
         "diffusion.P_std=[1.5,1.2,1.2,1.2]",
         "diffusion.level_weight=[1.0,0.5,0.5,0.0]",
@@ -257,8 +232,8 @@ def test_full_res_config_of_every_per_level_list(tiny_config):
     assert (full.diffusion.P_mean, full.diffusion.P_std, full.diffusion.level_weight) == (0.5, 1.5, 1.0)
     assert full.diffusion.sigma_in0 == pytest.approx(1.5**3) and full.diffusion.sigma_in_factor is None
     assert (full.sample.steps, full.sample.cfg, full.sample.start_sigma) == (16, 2.0, 0.0)
-    assert full.model.cube == (1, 4, 4) and full.model.cube0 is None  # the finest level's tokens
-    assert not full.model.pixel_context and full.diffusion.clean_context == 0 and full.sample.consistency == 0
+    assert full.model.cube == cfg.model.cube and full.model.fusion == "none"
+    assert full.diffusion.clean_context == 0 and full.sample.consistency == 0
     assert model_info(full, measure_memory=False)["levels"][0]["tokens"] == 8 * 16 * 16
 
 

@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
-from hpdm.config import ConfigError, levels_per_block
+from hpdm.config import levels_per_block
 from hpdm.diffusion import Diffusion
 from hpdm.info import flop_counter, model_info
 from hpdm.model.hpdm import HPDM
-from hpdm.pyramid import PyramidGeometry, sample_boxes
+from hpdm.pyramid import Boxes, PyramidGeometry, sample_boxes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -30,36 +30,35 @@ def inputs(cfg, B: int = 2, seed: int = 0):
     x = torch.randn(B, L, 3, *geo.patch, generator=g)
     c_noise = torch.randn(B, L, generator=g) * 0.5
     labels = torch.randint(0, cfg.model.num_classes, (B,), generator=g)
-    return x, c_noise, boxes.offset, boxes.size, labels
+    return x, c_noise, boxes, labels
 
 
 def test_output_shapes_and_zero_init(tiny_config):
     cfg = tiny_config()
     model = HPDM(cfg)
-    x, c, off, size, labels = inputs(cfg)
-    out = model(x, c, off, size, labels)
+    x, c, boxes, labels = inputs(cfg)
+    out = model(x, c, boxes, labels)
     assert out.shape == x.shape == (2, 3, 3, 2, 8, 8)
     assert torch.all(out == 0)  # zero detokenizer: D starts as c_skip · x
     for L in (1, 2):  # a prefix of the levels also runs
-        assert model(x[:, :L], c[:, :L], off[:, :L], size[:, :L], labels).shape == (2, L, 3, 2, 8, 8)
+        assert model(x[:, :L], c[:, :L], boxes[:, :L], labels).shape == (2, L, 3, 2, 8, 8)
     with pytest.raises(ValueError, match="3 levels"):
         model(
             torch.cat([x, x[:, :1]], 1),
             torch.cat([c, c[:, :1]], 1),
-            torch.cat([off, off[:, :1]], 1),
-            torch.cat([size, size[:, :1]], 1),
+            Boxes.cat([boxes, boxes[:, :1]], dim=1),
             labels,
         )
     # unconditional models and the null class
-    assert HPDM(tiny_config("model.num_classes=0"))(x, c, off, size).shape == x.shape
+    assert HPDM(tiny_config("model.num_classes=0"))(x, c, boxes).shape == x.shape
     assert model.null_class() == 8 and model.class_embed.num_embeddings == 9
 
 
-def _jacobian_blocks(model, x, c, off, size, labels):
+def _jacobian_blocks(model, x, c, boxes, labels):
     """nonzero[k][j][b][b2]: does level k of video b depend on the input of level j of video b2?"""
     B, L = x.shape[:2]
     x = x.clone().requires_grad_(True)
-    out = model(x, c, off, size, labels)
+    out = model(x, c, boxes, labels)
     g = torch.Generator().manual_seed(9)
     w = torch.randn(out.shape, generator=g)
     result = {}
@@ -74,22 +73,21 @@ def _jacobian_blocks(model, x, c, off, size, labels):
 
 KNOBS = [
     "model.token_conv=true",
-    "model.token_attn=true",
     "model.token_cond=true",
-    "model.pixel_context=true",
-    "model.cube0=[1,2,2]",  # level 0's own, finer token grid
+    "model.fusion=deep+pixels",
+    "model.self_cond=0.5",
 ]
 
 
 @pytest.mark.parametrize(
     "lpb,knob",
-    [("[1,2,3]", None), ("[3,3,3]", None), ("[3,3,3]", KNOBS[-1]), *(("[1,2,3]", k) for k in KNOBS)],
+    [("[1,2,3]", None), ("[3,3,3]", None), ("[3,3,3]", KNOBS[2]), *(("[1,2,3]", k) for k in KNOBS)],
 )
 def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb, knob):
     cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
     model = perturbed(HPDM(cfg))
-    x, c, off, size, labels = inputs(cfg)
-    grads = _jacobian_blocks(model, x, c, off, size, labels)
+    x, c, boxes, labels = inputs(cfg)
+    grads = _jacobian_blocks(model, x, c, boxes, labels)
     for (k, b, j, b2), grad in grads.items():
         if b2 != b or j > k:  # other videos and finer levels: exactly no influence
             assert torch.all(grad == 0), (k, b, j, b2)
@@ -101,8 +99,8 @@ def test_no_fusion_keeps_levels_independent(tiny_config, perturbed):
     cfg = tiny_config("model.fusion=none")
     model = perturbed(HPDM(cfg))
     assert len(model.fusion) == 0
-    x, c, off, size, labels = inputs(cfg)
-    for (k, b, j, b2), grad in _jacobian_blocks(model, x, c, off, size, labels).items():
+    x, c, boxes, labels = inputs(cfg)
+    for (k, b, j, b2), grad in _jacobian_blocks(model, x, c, boxes, labels).items():
         if b2 == b and j == k:
             assert grad.abs().max() > 1e-4
         else:
@@ -112,16 +110,16 @@ def test_no_fusion_keeps_levels_independent(tiny_config, perturbed):
 def test_detached_context_blocks_gradients_but_not_values(tiny_config, perturbed):
     cfg = tiny_config("model.detach_context=true")
     model = perturbed(HPDM(cfg))
-    x, c, off, size, labels = inputs(cfg)
+    x, c, boxes, labels = inputs(cfg)
     x = x.requires_grad_(True)
-    out = model(x, c, off, size, labels)
+    out = model(x, c, boxes, labels)
     (grad,) = torch.autograd.grad(out[:, 2].square().sum(), x)
     assert torch.all(grad[:, :2] == 0)  # the fine loss does not reach the coarse inputs
     assert grad[:, 2].abs().max() > 1e-4
     # ...but the fine level still reads the coarse levels in the forward pass
     x2 = x.detach().clone()
     x2[:, 0] += 1.0
-    out2 = model(x2, c, off, size, labels)
+    out2 = model(x2, c, boxes, labels)
     assert (out2[:, 2] - out[:, 2]).abs().max() > 1e-4
 
 
@@ -129,7 +127,7 @@ def test_adaptive_computation_routes_levels_through_listed_blocks(tiny_config, p
     cfg = tiny_config("model.levels_per_block=[1,2,3]", "model.fusion=none")
     model = perturbed(HPDM(cfg))
     B = 2
-    x, c, off, size, labels = inputs(cfg, B)
+    x, c, boxes, labels = inputs(cfg, B)
     seen = {}
 
     def hook(b):
@@ -139,7 +137,7 @@ def test_adaptive_computation_routes_levels_through_listed_blocks(tiny_config, p
         return f
 
     handles = [blk.register_forward_hook(hook(b)) for b, blk in enumerate(model.blocks)]
-    out = model(x, c, off, size, labels)
+    out = model(x, c, boxes, labels)
     for h in handles:
         h.remove()
     assert seen == {0: (B * 1, B * 1), 1: (B * 2, B * 2), 2: (B * 3, B * 3)}
@@ -162,11 +160,11 @@ def test_adaptive_computation_routes_levels_through_listed_blocks(tiny_config, p
 
 def _measured_step_flops(cfg) -> int:
     model = HPDM(cfg)
-    x, c, off, size, labels = inputs(cfg, B=1)
+    x, c, boxes, labels = inputs(cfg, B=1)
     diffusion = Diffusion(cfg.diffusion, geometry(cfg))
     counter = flop_counter()  # counts attention too (hpdm.info)
     with counter:
-        loss, _, _ = diffusion.loss(model, x, off, size, labels, null_class=model.null_class())
+        loss, _, _ = diffusion.loss(model, x, boxes, labels, null_class=model.null_class())
         loss.backward()
     return counter.get_total_flops()
 
@@ -204,7 +202,7 @@ def test_fusion_is_identity_at_init(tiny_config):
         coords = torch.rand(2, 2, model.num_tokens, 6, generator=g)
         for b in model.fusion:
             assert model.fusion[b].in_features == 2 * d + coord_dim
-            assert torch.equal(model._fuse(int(b), a, ctx, coords), a)
+            assert torch.equal(model.fusion.fuse(int(b), a, ctx, coords), a)
 
 
 def test_sampled_context_of_same_box_is_the_parent(tiny_config):
@@ -215,20 +213,15 @@ def test_sampled_context_of_same_box_is_the_parent(tiny_config):
     xs = torch.randn(B, 2, n, d, generator=g)
     size = torch.rand(B, 1, 3, generator=g) * 0.5 + 0.2
     off = torch.rand(B, 1, 3, generator=g) * (1 - size)
-    boxes_off, boxes_size = off.expand(B, 3, 3), size.expand(B, 3, 3)  # three levels, one box
+    boxes = Boxes(off.expand(B, 3, 3), size.expand(B, 3, 3))  # three levels, one box
 
-    pairs, w = model._pairs((1,), torch.device("cpu"))  # level 1 reads level 0
-    ctx = model._sample_context(
-        xs, boxes_off[:, :2], boxes_size[:, :2], boxes_off[:, 1:2], boxes_size[:, 1:2], pairs, w
-    )
+    ctx = model.fusion.context(xs, boxes[:, :2], boxes[:, 1:2], (1,))  # level 1 reads level 0
     torch.testing.assert_close(ctx[:, 0], xs[:, 0], atol=1e-5, rtol=0)
 
-    pairs, w = model._pairs((1, 2), torch.device("cpu"))  # paper eq. 7: the mean over coarser levels
+    pairs, w = model.fusion._pairs((1, 2), torch.device("cpu"))  # paper eq. 7: the mean over coarser levels
     assert pairs.tolist() == [[0, 0], [1, 0], [1, 1]]
     torch.testing.assert_close(w, torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5]]))
-    ctx = model._sample_context(
-        xs, boxes_off[:, :2], boxes_size[:, :2], boxes_off[:, 1:], boxes_size[:, 1:], pairs, w
-    )
+    ctx = model.fusion.context(xs, boxes[:, :2], boxes[:, 1:], (1, 2))
     torch.testing.assert_close(ctx[:, 0], xs[:, 0], atol=1e-5, rtol=0)
     torch.testing.assert_close(ctx[:, 1], (xs[:, 0] + xs[:, 1]) / 2, atol=1e-5, rtol=0)
 
@@ -240,11 +233,9 @@ def test_sampled_context_reads_the_child_region(tiny_config):
     d = model.cfg.dim
     xs = torch.randn(1, 1, nf, nh, nw, d)
     # parent tokens along w: columns 0..3; the child's 4 columns sit at 1/8, 3/8, 5/8, 7/8 of [0, 2)
-    off = torch.tensor([[[0.0, 0.0, 0.0]]])
-    size = torch.tensor([[[1.0, 1.0, 1.0]]])
-    child_off, child_size = torch.tensor([[[0.0, 0.0, 0.0]]]), torch.tensor([[[1.0, 1.0, 0.5]]])
-    pairs, w = model._pairs((1,), torch.device("cpu"))
-    ctx = model._sample_context(xs.flatten(2, 4), off, size, child_off, child_size, pairs, w)
+    parent = Boxes(torch.tensor([[[0.0, 0.0, 0.0]]]), torch.tensor([[[1.0, 1.0, 1.0]]]))
+    child = Boxes(torch.tensor([[[0.0, 0.0, 0.0]]]), torch.tensor([[[1.0, 1.0, 0.5]]]))
+    ctx = model.fusion.context(xs.flatten(2, 4), parent, child, (1,))
     ctx = ctx.view(1, nf, nh, nw, d)
     c0, c1, c2 = (xs[0, 0, ..., i, :] for i in range(3))
     # child column centres in parent token-index units: -0.25 (clamped to the border), 0.25, 0.75, 1.25
@@ -253,41 +244,33 @@ def test_sampled_context_reads_the_child_region(tiny_config):
 
 
 @pytest.mark.parametrize(
-    "lpb,knob", [("[1,2,3]", None), ("null", None), ("null", KNOBS[-1]), *(("[1,2,3]", k) for k in KNOBS)]
+    "lpb,knob", [("[1,2,3]", None), ("null", None), ("null", KNOBS[2]), *(("[1,2,3]", k) for k in KNOBS)]
 )
 def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb, knob):
     cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
     model = perturbed(HPDM(cfg), std=0.1)
-    x, c, off, size, labels = inputs(cfg, B=3)
+    x, c, boxes, labels = inputs(cfg, B=3)
     with torch.no_grad():
-        joint = model(x, c, off, size, labels)
-        alone = model.forward_level(x[:, 0], c[:, 0], off[:, 0], size[:, 0], 0, None, labels)
+        joint = model(x, c, boxes, labels)
+        alone = model.forward_level(x[:, 0], c[:, 0], boxes[:, 0], 0, None, labels)
         torch.testing.assert_close(alone, joint[:, 0], atol=1e-5, rtol=1e-5)
         for lvl in (1, 2):
-            ctx = model.context(
-                x[:, :lvl], c[:, :lvl], off[:, :lvl], size[:, :lvl], off[:, lvl], size[:, lvl], labels
-            )
-            assert len(ctx) == cfg.model.num_blocks
+            ctx = model.level_context(x[:, :lvl], c[:, :lvl], boxes[:, :lvl], boxes[:, lvl], labels)
+            assert len(ctx.blocks) == cfg.model.num_blocks
             lpbs = levels_per_block(cfg)
-            assert [t is not None for t in ctx] == [lvl < v for v in lpbs]
-            pix = None
-            if model.pixels:  # the previous level's patch, onto this one
-                pix = model.resample_pixels(
-                    x[:, lvl - 1], off[:, lvl - 1], size[:, lvl - 1], off[:, lvl], size[:, lvl]
-                )
-            out = model.forward_level(
-                x[:, lvl], c[:, lvl], off[:, lvl], size[:, lvl], lvl, ctx, labels, pixels=pix
-            )
+            assert [t is not None for t in ctx.blocks] == [lvl < v for v in lpbs]
+            assert (ctx.pixels is not None) == model.pixels
+            out = model.forward_level(x[:, lvl], c[:, lvl], boxes[:, lvl], lvl, ctx, labels)
             assert (out - joint[:, lvl]).abs().max() < 1e-5, lvl
             assert out.abs().max() > 1e-2  # a real output, not a trivially equal zero
         with pytest.raises(ValueError, match="context"):
-            model.forward_level(x[:, 1], c[:, 1], off[:, 1], size[:, 1], 1, None, labels)
+            model.forward_level(x[:, 1], c[:, 1], boxes[:, 1], 1, None, labels)
 
 
 def test_token_conv_mixes_neighbouring_tokens_only(perturbed):
     """With the write path cut, a block with token_conv makes each token depend on exactly its
     3x3x3 token neighbourhood (which also checks the token order of the grid reshape)."""
-    from hpdm.model.hpdm import RINBlock
+    from hpdm.model.blocks import RINBlock
 
     grid = (3, 4, 5)
     block = perturbed(RINBlock(16, 16, 2, 1, 2.0, grid))
@@ -306,39 +289,13 @@ def test_token_conv_mixes_neighbouring_tokens_only(perturbed):
     assert torch.equal(reach, expected)
 
 
-def test_token_attn_mixes_all_tokens_of_a_patch_and_starts_as_a_no_op(tiny_config, perturbed):
-    """`model.token_attn`: with the write path cut, a block's token self-attention makes each
-    token depend on every token of its own patch and on nothing of another; a model grown from
-    one without it computes exactly what the base did (the attention's output starts at zero)."""
-    from hpdm.grow import init_from_state
-    from hpdm.model.hpdm import RINBlock
-
-    block = perturbed(RINBlock(16, 16, 2, 1, 2.0, token_attn=True))
-    assert RINBlock(16, 16, 2, 1, 2.0).token_attn is None
-    with torch.no_grad():
-        block.write.out.weight.zero_()
-        block.write.out.bias.zero_()
-    x = torch.randn(2, 12, 16, requires_grad=True)
-    out, _ = block(x, torch.randn(2, 4, 16))
-    (grad,) = torch.autograd.grad(out[0, 5].sum(), x)
-    assert (grad[0].abs().sum(-1) > 0).all() and torch.all(grad[1] == 0)
-
-    base = perturbed(HPDM(tiny_config()))
-    model = HPDM(tiny_config("model.token_attn=true"))
-    report = init_from_state(model, base.state_dict())
-    assert report["new"] and all(".token_" in k for k in report["new"])
-    x, c, off, size, labels = inputs(tiny_config(), B=2)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x, c, off, size, labels), base(x, c, off, size, labels))
-
-
 @pytest.mark.parametrize("token_cond", [False, True])
 def test_token_cond_gives_the_tokens_the_condition_directly(tiny_config, perturbed, token_cond):
     """With every block's write path cut, the data tokens see the class and noise level only
     through model.token_cond; at init (zero projection) it changes nothing."""
     cfg = tiny_config(f"model.token_cond={token_cond}")
     model = perturbed(HPDM(cfg), std=0.1)
-    x, c, off, size, labels = inputs(cfg)
+    x, c, boxes, labels = inputs(cfg)
     if token_cond:
         fresh = HPDM(cfg)
         fresh.load_state_dict({k: v for k, v in model.state_dict().items()})
@@ -347,14 +304,14 @@ def test_token_cond_gives_the_tokens_the_condition_directly(tiny_config, perturb
         plain = HPDM(tiny_config())
         plain.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("token_cond")})
         with torch.no_grad():
-            assert torch.equal(fresh(x, c, off, size, labels), plain(x, c, off, size, labels))
+            assert torch.equal(fresh(x, c, boxes, labels), plain(x, c, boxes, labels))
     with torch.no_grad():
         for blk in model.blocks:
             blk.write.out.weight.zero_()
             blk.write.out.bias.zero_()
-        a = model(x, c, off, size, labels)
-        b = model(x, c, off, size, (labels + 1) % cfg.model.num_classes)
-        d = model(x, c + 0.5, off, size, labels)
+        a = model(x, c, boxes, labels)
+        b = model(x, c, boxes, (labels + 1) % cfg.model.num_classes)
+        d = model(x, c + 0.5, boxes, labels)
     for other in (b, d):
         diff = (a - other).abs().amax(dim=(2, 3, 4, 5))  # (B, L): every level instance
         assert bool((diff > 1e-4).all()) if token_cond else bool((diff == 0).all()), diff
@@ -368,60 +325,38 @@ def test_dropout_acts_in_training_only(tiny_config, perturbed):
     drop = HPDM(tiny_config("model.dropout=0.3"))
     drop.load_state_dict(plain.state_dict())
     assert sum(isinstance(m, torch.nn.Dropout) for m in drop.modules()) > 0
-    x, c, off, size, labels = inputs(cfg := tiny_config())
+    x, c, boxes, labels = inputs(cfg := tiny_config())
     with torch.no_grad():
-        ref = plain.eval()(x, c, off, size, labels)
-        assert torch.equal(drop.eval()(x, c, off, size, labels), ref)
+        ref = plain.eval()(x, c, boxes, labels)
+        assert torch.equal(drop.eval()(x, c, boxes, labels), ref)
         drop.train()
-        a, b = drop(x, c, off, size, labels), drop(x, c, off, size, labels)
+        a, b = drop(x, c, boxes, labels), drop(x, c, boxes, labels)
     assert not torch.equal(a, b) and not torch.equal(a, ref)
     with pytest.raises(ValueError, match=r"model.dropout=1.0 .*\[0, 1\)"):
         tiny_config("model.dropout=1.0")
     assert cfg.model.dropout == 0.0
 
 
-def test_pixel_context_feeds_the_previous_levels_pixels(tiny_config, perturbed):
-    """`model.pixel_context`: deep fusion plus the previous level's input resampled onto the
+def test_deep_plus_pixels_feeds_the_previous_levels_pixels(tiny_config, perturbed):
+    """`model.fusion=deep+pixels`: deep fusion plus the previous level's input resampled onto the
     patch as 3 extra channels. A model grown from one without them computes exactly what it did
     (the new channels' weights start at zero), the fine level then depends on those pixels, and
-    the option is refused next to shallow fusion (which feeds the pixels alone)."""
+    a base with the pixel channels cannot initialise one without (the error says what to set)."""
     from hpdm.grow import init_from_state
 
     base = perturbed(HPDM(tiny_config()))
-    cfg = tiny_config("model.pixel_context=true")
+    cfg = tiny_config("model.fusion=deep+pixels")
     model = HPDM(cfg)
     report = init_from_state(model, base.state_dict())
     assert "tokenizer.weight" in report["grown"] and not report["new"]
-    x, c, off, size, labels = inputs(cfg, B=2)
+    x, c, boxes, labels = inputs(cfg, B=2)
     with torch.no_grad():
-        torch.testing.assert_close(model(x, c, off, size, labels), base(x, c, off, size, labels))
+        torch.testing.assert_close(model(x, c, boxes, labels), base(x, c, boxes, labels))
     perturbed(model)
     x0 = x.clone().requires_grad_(True)
-    out = model(x0, c, off, size, labels)
+    out = model(x0, c, boxes, labels)
     (g,) = torch.autograd.grad(out[:, 1].square().sum(), x0)
     assert g[:, 0].abs().max() > 0 and g[:, 2].abs().max() == 0  # coarse → fine only
-    with pytest.raises(ConfigError, match="pixel_context"):
-        tiny_config("model.fusion=shallow", "model.pixel_context=true")
-    with pytest.raises(ValueError, match="add model.pixel_context=true"):
+    assert model.deep and model.pixels
+    with pytest.raises(ValueError, match="set model.fusion the same"):
         init_from_state(HPDM(tiny_config()), model.state_dict())  # the reverse: tells what to add
-
-
-def test_level0_cube_gives_level0_its_own_finer_tokens(tiny_config, perturbed):
-    """`model.cube0`: level 0 alone is tokenized with its own cube (4x the tokens here), the finer
-    levels keep `model.cube`; a cube0 equal to the cube is the plain model, weight for weight."""
-    cfg = tiny_config("model.cube0=[1,2,2]", "model.token_conv=true")
-    model = perturbed(HPDM(cfg))
-    assert model.split0 and model.grid0 == (2, 4, 4) and model.grid == (2, 2, 2)
-    assert model.num_tokens0 == 4 * model.num_tokens
-    assert model.tokenizer0.in_features == 3 * 1 * 2 * 2 and model.detokenizer0.out_features == 12
-    assert torch.all(HPDM(cfg).detokenizer0.weight == 0)  # level 0 also starts as D = c_skip·x
-    x, c, off, size, labels = inputs(cfg)
-    x = x.requires_grad_(True)
-    out = model(x, c, off, size, labels)
-    assert out.shape == x.shape
-    (g,) = torch.autograd.grad(out[:, 0, :, 0, 0, 0].sum(), x)
-    assert g[:, 0].abs().sum() > 0 and torch.all(g[:, 1:] == 0)
-    plain = HPDM(tiny_config("model.cube0=[1,4,4]"))
-    assert not plain.split0 and set(plain.state_dict()) == set(HPDM(tiny_config()).state_dict())
-    with pytest.raises(ConfigError, match="cube0"):
-        tiny_config("model.cube0=[1,3,3]")

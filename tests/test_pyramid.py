@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from hpdm.pyramid import (
+    Boxes,
     PyramidGeometry,
     absolute_coords,
     context_offsets,
     extract_patches,
     level_videos,
-    pixel_boxes,
     relative_grid,
     sample_boxes,
     tile_offsets,
@@ -269,13 +269,29 @@ def test_relative_grid_reads_the_target_token_centres():
     torch.testing.assert_close(y, want, atol=1e-5, rtol=0)
 
 
-def test_token_centres_and_pixel_boxes():
+def test_token_centres_and_boxes_on_a_level_grid():
     c = token_centres((2, 4, 4))
     assert c.shape == (2, 4, 4, 3)
     torch.testing.assert_close(c[1, 0, 3], torch.tensor([0.75, 0.125, 0.875]))
-    offset, size = pixel_boxes(torch.tensor([[0, 8, 24]]), (4, 32, 32), (2, 8, 8))
-    assert torch.equal(offset, torch.tensor([[0.0, 0.25, 0.75]]))
-    assert torch.equal(size, torch.tensor([[0.5, 0.25, 0.25]]))
+    boxes = Boxes.on_grid(torch.tensor([[0, 8, 24]]), (4, 32, 32), (2, 8, 8))
+    assert torch.equal(boxes.offset, torch.tensor([[0.0, 0.25, 0.75]]))
+    assert torch.equal(boxes.size, torch.tensor([[0.5, 0.25, 0.25]]))
+    assert torch.equal(boxes.pixel, torch.tensor([[0, 8, 24]]))
+
+
+def test_boxes_index_stack_and_cat_like_their_tensors():
+    """One box type for training (B, L, 3), deep context fusion and tiling (T, 3)."""
+    geo = PyramidGeometry((2, 8, 8), (4, 32, 32), 3)
+    boxes = sample_boxes(geo, 5, torch.Generator().manual_seed(0))
+    part = boxes[1:3, 1:]
+    assert part.offset.shape == part.size.shape == part.pixel.shape == (2, 2, 3)
+    assert torch.equal(part.pixel, boxes.pixel[1:3, 1:])
+    stacked = Boxes.stack([boxes[:, 0], boxes[:, 2]], dim=1)
+    assert torch.equal(stacked.offset, boxes.offset[:, [0, 2]])
+    joined = Boxes.cat([boxes[:2], boxes[2:]])
+    assert all(torch.equal(getattr(joined, k), getattr(boxes, k)) for k in ("offset", "size", "pixel"))
+    assert Boxes.stack([boxes[:, 0], Boxes(boxes.offset[:, 1], boxes.size[:, 1])], 1).pixel is None
+    assert len(boxes) == 5
 
 
 def test_grown_axes_name_the_pyramided_axes_of_each_level():

@@ -10,8 +10,17 @@ import torch
 from hpdm.config import ConfigError, load_config
 from hpdm.diffusion import Diffusion, edm_coefficients
 from hpdm.model.hpdm import HPDM
-from hpdm.pyramid import PyramidGeometry, paste_add, tile_offsets
-from hpdm.sampling import Cascade, edm_sampler, karras_sigmas, level_steps
+from hpdm.pyramid import Boxes, PyramidGeometry, paste_add, tile_offsets
+from hpdm.sampling import (
+    Cascade,
+    Cond,
+    Sampler,
+    _Run,
+    edm_sampler,
+    karras_sigmas,
+    level_steps,
+    sample_level,
+)
 
 
 def perturbed_model(cfg, seed: int = 0) -> HPDM:
@@ -64,16 +73,10 @@ class GaussianOracle(torch.nn.Module):
         self.inner = model
         self.diffusion = diffusion
         self.data_std = data_std
-        self.deep, self.levels_per_block, self.num_tokens = (
-            model.deep,
-            model.levels_per_block,
-            model.num_tokens,
-        )
-        self.cfg = model.cfg
-        self.null_class = model.null_class
+        self.null_class, self.context_bytes = model.null_class, model.context_bytes
         self.self_cond = None  # no latent self-conditioning
 
-    def forward_level(self, x, c_noise, offset, size, level, context, labels=None, text=None, **_):
+    def forward_level(self, x, c_noise, boxes, level, context, labels=None, text=None, latents=None):
         sigma = (4 * c_noise).exp()[:, None, None, None, None]
         sd = self.diffusion.sigma_data[level]
         s = self.data_std / self.diffusion.sigma_in[level]  # the data std in level ℓ's scaled space
@@ -91,10 +94,12 @@ def test_cascade_level0_with_optimal_denoiser_has_data_variance(tiny):
     oracle = GaussianOracle(model, Diffusion(cfg.diffusion, geo), s)
     for sampler, steps in (("heun", 128), ("euler", 256)):
         cfg.sample.sampler0, cfg.sample.steps = sampler, steps
-        cascade = Cascade(oracle, cfg, "cpu")
+        cascade = Cascade(oracle, cfg, "cpu")  # the cascade only uses the network's interface
         plan = cascade.plan(geo, "none", None)[0]
         gens = [torch.Generator().manual_seed(i) for i in range(256)]
-        y = cascade._sample_level(plan, geo, oracle.diffusion, [], [], None, None, gens, 1.0, "none", False)
+        run = _Run(geo, oracle.diffusion, Cond(None, None), gens, False)
+        denoise = cascade.level_denoiser(plan, run, [], [], 1.0, "none")
+        y = sample_level(plan, denoise, cascade._start(plan, run, []), cfg.sample, gens, False)
         x = y * oracle.diffusion.sigma_in[0]  # back to data space
         assert abs(x.var().item() / s**2 - 1) < 0.05, (sampler, x.var().item())
 
@@ -120,7 +125,7 @@ def test_tiled_equals_untiled_when_canvas_is_one_tile(tiny):
     """With output size = patch every level is one tile: the cascade must equal a direct sampler."""
     cfg, model = tiny
     patch = tuple(cfg.pyramid.patch)
-    gen = Cascade(model, cfg).generate(num=2, labels=[1, 5], size=patch, seed=3, cache="none", progress=False)
+    gen = Sampler(model, cfg).generate(num=2, labels=[1, 5], size=patch, seed=3, cache="none", progress=False)
     geo = PyramidGeometry(patch, patch, cfg.pyramid.num_levels)
     diffusion = Diffusion(cfg.diffusion, geo)
     s = cfg.sample
@@ -140,7 +145,7 @@ def test_tiled_equals_untiled_when_canvas_is_one_tile(tiny):
             cn = torch.stack(
                 [edm_coefficients(sig_c, sd[k])[3].expand(2) for k in range(lvl)] + [c_noise.expand(2)], 1
             )
-            F = model(stack, cn, off.expand(2, lvl + 1, 3), size.expand(2, lvl + 1, 3), labels)[:, -1]
+            F = model(stack, cn, Boxes(off.expand(2, lvl + 1, 3), size.expand(2, lvl + 1, 3)), labels)[:, -1]
             return c_skip * y + c_out * F
 
         noise = torch.stack([torch.randn(3, *patch, generator=g) for g in gens])
@@ -165,22 +170,21 @@ def test_tiled_equals_untiled_when_canvas_is_one_tile(tiny):
 
 def test_cached_and_uncached_sampling_agree(tiny):
     cfg, model = tiny
-    c = Cascade(model, cfg)
+    c = Sampler(model, cfg)
     a = c.generate(num=2, seed=1, cache="context", progress=False, guidance=1.5)
     b = c.generate(num=2, seed=1, cache="none", progress=False, guidance=1.5)
     for x, y in zip(a.levels, b.levels):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.cube0=[1,2,2]"]])
-def test_cached_and_uncached_sampling_agree_with_pixel_context(overrides):
-    """Also with level 0 on its own, finer token grid, at a size where level 0 is two tiles."""
-    cfg = load_config("tiny", ["model.pixel_context=true", *overrides])
-    c = Cascade(perturbed_model(cfg), cfg)
-    size = None if not overrides else (4, 32, 64)
+@pytest.mark.parametrize("size", [None, (4, 32, 64)])
+def test_cached_and_uncached_sampling_agree_with_pixel_context(size):
+    """`model.fusion=deep+pixels`, also at a size where level 0 is two tiles."""
+    cfg = load_config("tiny", ["model.fusion=deep+pixels"])
+    c = Sampler(perturbed_model(cfg), cfg)
     a = c.generate(num=2, seed=1, size=size, cache="context", progress=False, guidance=1.5)
     b = c.generate(num=2, seed=1, size=size, cache="none", progress=False, guidance=1.5)
-    if overrides:
+    if size:
         assert a.levels[0].shape[-1] == 2 * cfg.pyramid.patch[-1]
     for x, y in zip(a.levels, b.levels):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
@@ -189,14 +193,14 @@ def test_cached_and_uncached_sampling_agree_with_pixel_context(overrides):
 def test_cache_falls_back_when_over_budget(tiny):
     cfg, model = tiny
     cfg = load_config("tiny", ["sample.cache_budget_mb=0"])
-    a = Cascade(model, cfg).generate(num=1, seed=4, cache="context", progress=False)
-    b = Cascade(model, cfg).generate(num=1, seed=4, cache="none", progress=False)
+    a = Sampler(model, cfg).generate(num=1, seed=4, cache="context", progress=False)
+    b = Sampler(model, cfg).generate(num=1, seed=4, cache="none", progress=False)
     torch.testing.assert_close(a.video, b.video, atol=1e-5, rtol=1e-4)
 
 
 def test_same_seed_same_video_different_seed_differs(tiny):
     cfg, model = tiny
-    c = Cascade(model, cfg)
+    c = Sampler(model, cfg)
     a = c.generate(num=2, seed=7, progress=False)
     b = c.generate(num=2, seed=7, progress=False)
     d = c.generate(num=2, seed=8, progress=False)
@@ -209,7 +213,7 @@ def test_same_seed_same_video_different_seed_differs(tiny):
 
 def test_given_coarse_levels_are_kept_and_condition_the_finer_ones(tiny):
     cfg, model = tiny
-    c = Cascade(model, cfg)
+    c = Sampler(model, cfg)
     ref = c.generate(num=2, seed=3, progress=False)
     low = ref.levels[0]
     other = torch.flip(low, dims=[-1])
@@ -230,7 +234,7 @@ def test_given_coarse_levels_are_kept_and_condition_the_finer_ones(tiny):
 
 def test_any_size_wider_than_training(tiny):
     cfg, model = tiny
-    gen = Cascade(model, cfg).generate(num=1, size=(4, 32, 64), seed=0, progress=False)
+    gen = Sampler(model, cfg).generate(num=1, size=(4, 32, 64), seed=0, progress=False)
     assert gen.video.shape == (1, 3, 4, 32, 64)
     assert [list(lv.shape[-3:]) for lv in gen.levels] == [[2, 8, 16], [2, 16, 32], [4, 32, 64]]
     assert gen.settings["levels"][2]["tiles"] > gen.settings["levels"][1]["tiles"]
@@ -240,8 +244,8 @@ def test_tile_stride_retiles_the_finer_levels_only(tiny):
     cfg, model = tiny
     size = (4, 32, 32)  # the training size: level 0 is one tile
     cfg3 = load_config("tiny", ["sample.tile_stride=3"])
-    a = Cascade(model, cfg).generate(num=1, size=size, seed=0, progress=False)
-    b = Cascade(model, cfg3).generate(num=1, size=size, seed=0, progress=False)
+    a = Sampler(model, cfg).generate(num=1, size=size, seed=0, progress=False)
+    b = Sampler(model, cfg3).generate(num=1, size=size, seed=0, progress=False)
     geo = PyramidGeometry(cfg.pyramid.patch, size, cfg.pyramid.num_levels)
     for lvl, info in enumerate(b.settings["levels"]):
         want = tile_offsets(geo.level_sizes[lvl], cfg.pyramid.patch, "spatial", 3)
@@ -265,18 +269,18 @@ def test_pyramid_consistency_pulls_each_level_towards_the_coarser_one(tiny):
             out.append(float((downsample2(gen.levels[lvl], axes) - gen.levels[lvl - 1]).abs().mean()))
         return out
 
-    off = Cascade(model, cfg).generate(num=2, seed=3, progress=False)
-    zero = Cascade(model, load_config("tiny", ["sample.consistency=0"])).generate(
+    off = Sampler(model, cfg).generate(num=2, seed=3, progress=False)
+    zero = Sampler(model, load_config("tiny", ["sample.consistency=0"])).generate(
         num=2, seed=3, progress=False
     )
     assert torch.equal(off.video, zero.video)
-    on = Cascade(model, load_config("tiny", ["sample.consistency=1"])).generate(num=2, seed=3, progress=False)
+    on = Sampler(model, load_config("tiny", ["sample.consistency=1"])).generate(num=2, seed=3, progress=False)
     assert torch.equal(on.levels[0], off.levels[0])  # level 0 has no coarser level
     for m_on, m_off in zip(miss(on), miss(off)):
         assert m_on < 0.5 * m_off
     # only at σ >= consistency_sigma: above the schedule's top nothing changes
     late = load_config("tiny", ["sample.consistency=1", "sample.consistency_sigma=1000"])
-    assert torch.equal(Cascade(model, late).generate(num=2, seed=3, progress=False).video, off.video)
+    assert torch.equal(Sampler(model, late).generate(num=2, seed=3, progress=False).video, off.video)
     for bad in (["sample.consistency=1.5"], ["sample.consistency=-0.1"], ["sample.consistency_sigma=-1"]):
         with pytest.raises(ConfigError, match="sample.consistency"):
             load_config("tiny", bad)
@@ -309,7 +313,7 @@ def test_start_sigma_starts_finer_levels_from_the_upsampled_coarser_one(tiny):
     low = [0.5 * torch.tanh(torch.randn(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0)))]
 
     def run(*over):
-        return Cascade(model, load_config("tiny", list(over))).generate(
+        return Sampler(model, load_config("tiny", list(over))).generate(
             num=2, seed=3, given=low, progress=False
         )
 
@@ -321,10 +325,10 @@ def test_start_sigma_starts_finer_levels_from_the_upsampled_coarser_one(tiny):
     assert gap(one)[0] < 0.03 and gap(one)[1] > 0.1
     mid = run("sample.start_sigma=1.0")
     assert max(gap(near)) < min(gap(mid)) and (mid.video - off.video).abs().mean() > 1e-3
-    full = Cascade(model, load_config("tiny", ["sample.start_sigma=1.0"])).generate(
+    full = Sampler(model, load_config("tiny", ["sample.start_sigma=1.0"])).generate(
         num=2, seed=3, progress=False
     )
-    assert torch.equal(full.levels[0], Cascade(model, cfg).generate(num=2, seed=3, progress=False).levels[0])
+    assert torch.equal(full.levels[0], Sampler(model, cfg).generate(num=2, seed=3, progress=False).levels[0])
     bads = ["-1", "100", "0.001", "[0.5,0.5,0]", "[0,0.5]"]
     for bad in (["sample.start_sigma=" + b] for b in bads):
         with pytest.raises(ConfigError, match="sample.start_sigma"):
@@ -334,13 +338,13 @@ def test_start_sigma_starts_finer_levels_from_the_upsampled_coarser_one(tiny):
 def test_impossible_size_lists_valid_ones(tiny):
     cfg, model = tiny
     with pytest.raises(ConfigError, match=r"valid sizes near it: 4x32x64"):
-        Cascade(model, cfg).generate(num=1, size=(4, 30, 64), progress=False)
+        Sampler(model, cfg).generate(num=1, size=(4, 30, 64), progress=False)
 
 
 def test_bad_class_id_is_a_clear_error(tiny):
     cfg, model = tiny
     with pytest.raises(ValueError, match="out of range"):
-        Cascade(model, cfg).generate(num=1, labels=[8], progress=False)
+        Sampler(model, cfg).generate(num=1, labels=[8], progress=False)
 
 
 def test_karras_schedule_endpoints():
@@ -354,7 +358,7 @@ def test_guidance_per_level(tiny):
     """A list of guidance scales applies one per level: [2, 1, 1] guides level 0 exactly like a
     scale of 2 and leaves the finer levels unguided; a wrong length is a clear error."""
     cfg, model = tiny
-    c = Cascade(model, cfg)
+    c = Sampler(model, cfg)
     every = c.generate(num=2, seed=3, progress=False, guidance=2.0)
     first = c.generate(num=2, seed=3, progress=False, guidance=[2.0, 1.0, 1.0])
     assert torch.equal(first.levels[0], every.levels[0])
@@ -375,10 +379,10 @@ def test_guidance_interval(tiny):
 
     def run(interval, guidance, cache="context"):
         c = load_config("tiny", [f"sample.cfg_interval={interval}"])
-        return Cascade(model, c).generate(num=2, seed=5, progress=False, guidance=guidance, cache=cache)
+        return Sampler(model, c).generate(num=2, seed=5, progress=False, guidance=guidance, cache=cache)
 
-    guided = Cascade(model, cfg).generate(num=2, seed=5, progress=False, guidance=2.0)
-    plain = Cascade(model, cfg).generate(num=2, seed=5, progress=False, guidance=1.0)
+    guided = Sampler(model, cfg).generate(num=2, seed=5, progress=False, guidance=2.0)
+    plain = Sampler(model, cfg).generate(num=2, seed=5, progress=False, guidance=1.0)
     assert torch.equal(run("[0.0, 1000.0]", 2.0).video, guided.video)
     for cache in ("context", "none"):
         torch.testing.assert_close(run("[0.0, 0.0]", 2.0, cache).video, plain.video, atol=1e-5, rtol=1e-4)
@@ -418,11 +422,11 @@ def test_autoguidance_adds_the_guide_difference_at_level_0(tiny):
 
     def run(w, cfg_scale=1.0, g=guide):
         c = _one_step([f"sample.guide_scale={w}"])
-        return Cascade(model, c, guide=g).generate(
+        return Sampler(model, c, guide=g).generate(
             num=2, seed=1, progress=False, guidance=[cfg_scale, 1.0, 1.0]
         )
 
-    plain = Cascade(model, _one_step()).generate(num=2, seed=1, progress=False, guidance=[1.0, 1.0, 1.0])
+    plain = Sampler(model, _one_step()).generate(num=2, seed=1, progress=False, guidance=[1.0, 1.0, 1.0])
     one, two, three = (run(w).levels[0] for w in (1.0, 2.0, 3.0))
     one_c, two_c = run(1.0, cfg_scale=2.0).levels[0], run(2.0, cfg_scale=2.0).levels[0]
     # outputs are clamped to [-1, 1]; where none is, the level-0 output is D itself
@@ -437,20 +441,20 @@ def test_autoguidance_adds_the_guide_difference_at_level_0(tiny):
     # `sample.guide_interval`: only at σ in [lo, hi] (the one step here is at σ = 2)
     c_out = _one_step(["sample.guide_scale=2", "sample.guide_interval=[0.0, 1.0]"])
     c_in = _one_step(["sample.guide_scale=2", "sample.guide_interval=[1.0, 3.0]"])
-    outside = Cascade(model, c_out, guide=guide).generate(
+    outside = Sampler(model, c_out, guide=guide).generate(
         num=2, seed=1, progress=False, guidance=[1.0, 1.0, 1.0]
     )
-    inside = Cascade(model, c_in, guide=guide).generate(
+    inside = Sampler(model, c_in, guide=guide).generate(
         num=2, seed=1, progress=False, guidance=[1.0, 1.0, 1.0]
     )
     assert torch.equal(outside.levels[0], one) and torch.equal(inside.levels[0], two)
     with pytest.raises(ConfigError, match="guide_interval"):
         load_config("tiny", ["sample.guide_interval=[3.0, 1.0]"])
     # the model as its own guide: D_cond - D_guide = 0 at every step, whatever the scale
-    self_guided = Cascade(model, _one_step(["sample.guide_scale=3"]), guide=model).generate(
+    self_guided = Sampler(model, _one_step(["sample.guide_scale=3"]), guide=model).generate(
         num=2, seed=1, progress=False, guidance=[2.0, 1.0, 1.0]
     )
-    cfg_only = Cascade(model, _one_step()).generate(num=2, seed=1, progress=False, guidance=[2.0, 1.0, 1.0])
+    cfg_only = Sampler(model, _one_step()).generate(num=2, seed=1, progress=False, guidance=[2.0, 1.0, 1.0])
     torch.testing.assert_close(self_guided.video, cfg_only.video, atol=1e-5, rtol=1e-4)
 
 
@@ -480,7 +484,7 @@ def test_autoguidance_checkpoint_and_errors(tiny, tmp_path):
     _write_checkpoint(tmp_path / "main" / "guide", guide_cfg, perturbed_model(guide_cfg, seed=7))
     m, c = load_model(tmp_path / "main")
     assert c.sample.guide == str((tmp_path / "main" / "guide").resolve())
-    cas = Cascade(m, c)
+    cas = Sampler(m, c)
     assert cas.guide is not None and cas.guide.num_levels == 1
     out = cas.generate(num=1, seed=0, progress=False)
     assert out.settings["sample"]["guide"] == c.sample.guide and out.settings["sample"]["guide_scale"] == 2.0
@@ -501,7 +505,7 @@ def test_autoguidance_checkpoint_and_errors(tiny, tmp_path):
     _write_checkpoint(tmp_path / "wrong", wrong, HPDM(wrong))
     _, c_wrong = load_model(tmp_path / "main", overrides=[f"sample.guide={tmp_path / 'wrong'}"])
     with pytest.raises(ConfigError, match=r"cannot guide this model: its patch \[2, 16, 16\]"):
-        Cascade(m, c_wrong)
+        Sampler(m, c_wrong)
     with pytest.raises(ConfigError, match="guide_scale"):
         load_config("tiny", ["sample.guide_scale=-1"])
 
@@ -523,26 +527,26 @@ def test_base_model_samples_level_0(tiny):
     base_cfg = _level0_cfg(["model.cube=[1,2,2]"])  # its own tokens: any level-0 architecture
     base, guide = perturbed_model(base_cfg, seed=3), perturbed_model(_level0_cfg(), seed=7)
     kw = dict(num=2, seed=4, progress=False, guidance=[2.0, 1.0, 1.0])
-    own = Cascade(model, cfg).generate(**kw)
-    with_base = Cascade(model, cfg, base=base).generate(**kw)
-    alone = Cascade(base, base_cfg).generate(num=2, seed=4, progress=False, guidance=2.0)
+    own = Sampler(model, cfg).generate(**kw)
+    with_base = Sampler(model, cfg, base=base).generate(**kw)
+    alone = Sampler(base, base_cfg).generate(num=2, seed=4, progress=False, guidance=2.0)
     torch.testing.assert_close(with_base.levels[0], alone.levels[0], atol=1e-6, rtol=0)
     assert (with_base.levels[0] - own.levels[0]).abs().max() > 1e-2
     assert (with_base.levels[1] - own.levels[1]).abs().max() > 1e-3
     # autoguidance guides the base's level 0
     c2 = load_config("tiny", ["sample.guide_scale=2"])
-    guided = Cascade(model, c2, guide=guide, base=base).generate(**kw)
-    guided_alone = Cascade(base, _level0_cfg(["model.cube=[1,2,2]", "sample.guide_scale=2"]), guide=guide)
+    guided = Sampler(model, c2, guide=guide, base=base).generate(**kw)
+    guided_alone = Sampler(base, _level0_cfg(["model.cube=[1,2,2]", "sample.guide_scale=2"]), guide=guide)
     ref = guided_alone.generate(num=2, seed=4, progress=False, guidance=2.0)
     torch.testing.assert_close(guided.levels[0], ref.levels[0], atol=1e-6, rtol=0)
     assert (guided.levels[0] - with_base.levels[0]).abs().max() > 1e-3
     # the model as its own base: the same as no base
-    assert torch.equal(Cascade(model, cfg, base=model).generate(**kw).video, own.video)
+    assert torch.equal(Sampler(model, cfg, base=model).generate(**kw).video, own.video)
 
     # `sample.base_interval`: the base only at σ in [lo, hi], the model at the other steps
     def interval(iv):
         c = load_config("tiny", [f"sample.base_interval={iv}"])
-        return Cascade(model, c, base=base).generate(**kw).levels[0]
+        return Sampler(model, c, base=base).generate(**kw).levels[0]
 
     assert torch.equal(interval("[0.0, 1000.0]"), with_base.levels[0])
     assert torch.equal(interval("[0.0, 0.0]"), own.levels[0])
@@ -564,7 +568,7 @@ def test_base_model_checkpoint_and_errors(tiny, tmp_path):
     _write_checkpoint(tmp_path / "main" / "base", base_cfg, perturbed_model(base_cfg, seed=3))
     m, c = load_model(tmp_path / "main")
     assert c.sample.base == str((tmp_path / "main" / "base").resolve())
-    cas = Cascade(m, c)
+    cas = Sampler(m, c)
     assert cas.base is not None and cas.base.num_levels == 1 and cas.guide is None
     out = cas.generate(num=1, seed=0, progress=False)
     assert out.settings["sample"]["base"] == c.sample.base
@@ -574,4 +578,80 @@ def test_base_model_checkpoint_and_errors(tiny, tmp_path):
     _write_checkpoint(tmp_path / "wrong", wrong, HPDM(wrong))
     _, c_wrong = load_model(tmp_path / "main", overrides=[f"sample.base={tmp_path / 'wrong'}"])
     with pytest.raises(ConfigError, match=r"cannot sample level 0 of this model: its model.num_classes=3"):
-        Cascade(m, c_wrong)
+        Sampler(m, c_wrong)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guidance rules, in closed form
+
+
+def test_guidance_rules_are_their_formulas_and_ask_only_for_what_they_use():
+    """classifier_free: D_u + w(D − D_u); autoguidance: D + (w − 1)(D_c − D_g); each only inside
+    its σ interval, and a branch output is computed once, when a rule first asks for it."""
+    from hpdm.sampling import Step, autoguidance, classifier_free
+
+    g = torch.Generator().manual_seed(0)
+    cond, uncond, weak = (torch.randn(2, 3, 2, 4, 4, generator=g) for _ in range(3))
+    calls = []
+
+    def output(name, value):
+        def run():
+            calls.append(name)
+            return value
+
+        return run
+
+    def step(sigma):
+        calls.clear()
+        return Step(
+            cond,
+            sigma,
+            {
+                "cond": output("cond", cond),
+                "uncond": output("uncond", uncond),
+                "guide": output("guide", weak),
+            },
+        )
+
+    st = step(1.0)
+    out = classifier_free(3.0)(cond, st)
+    torch.testing.assert_close(out, uncond + 3.0 * (cond - uncond), rtol=0, atol=0)
+    out2 = autoguidance(2.0)(out, st)
+    torch.testing.assert_close(out2, out + (cond - weak), rtol=0, atol=0)
+    assert calls == ["uncond", "cond", "guide"]
+    st["uncond"]
+    assert calls == ["uncond", "cond", "guide"]  # cached
+    st = step(5.0)  # outside both intervals: nothing changes, nothing is computed
+    assert classifier_free(3.0, [0.1, 2.0])(cond, st) is cond
+    assert autoguidance(2.0, [0.1, 2.0])(cond, st) is cond
+    assert calls == []
+
+
+def test_pyramid_consistency_is_its_formula():
+    """D + c · up(coarse − down(D)) at σ >= the threshold, D below it."""
+    from hpdm.sampling import pyramid_consistency
+
+    g = torch.Generator().manual_seed(1)
+    D = torch.randn(1, 3, 4, 8, 8, generator=g)
+    coarse = torch.randn(1, 3, 2, 4, 4, generator=g)
+    wrapped = pyramid_consistency(lambda y, s: D, coarse, (True, True, True), 0.5, 0.1)
+    down = D.view(1, 3, 2, 2, 4, 2, 4, 2).mean((3, 5, 7))
+    up = torch.nn.functional.interpolate(coarse - down, size=(4, 8, 8), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(wrapped(None, 1.0), D + 0.5 * up)
+    assert wrapped(None, 0.05) is D
+
+
+def test_no_function_in_the_sampler_is_long():
+    """Issue 28: the sampler reads like EDM's; no function over 60 lines."""
+    import ast
+    import inspect
+
+    import hpdm.sampling as sampling
+
+    tree = ast.parse(inspect.getsource(sampling))
+    long = {
+        n.name: n.end_lineno - n.lineno + 1
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > 60
+    }
+    assert not long, long

@@ -1,5 +1,6 @@
 """Latent self-conditioning (RIN): a no-op at init, masked per (video, level), coarse → fine only,
-trained with a gradient-free first pass, and carried from step to step by the tiled sampler."""
+trained through the `SelfConditioned` wrapper (a gradient-free first pass), and carried from step
+to step by the tiled sampler (`LatentCarry`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 from hpdm.config import ConfigError, load_config
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
+from hpdm.model.self_cond import LatentCarry, SelfConditioned
 from hpdm.pyramid import PyramidGeometry, sample_boxes
-from hpdm.sampling import Cascade
+from hpdm.sampling import Sampler
 from hpdm.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -27,7 +29,7 @@ def _inputs(cfg, B: int = 2, seed: int = 0):
     c_noise = torch.randn(B, L, generator=g) * 0.5
     labels = torch.randint(0, cfg.model.num_classes, (B,), generator=g)
     prev = torch.randn(B, L, cfg.model.num_latents, cfg.model.latent_dim, generator=g)
-    return x, c_noise, boxes.offset, boxes.size, labels, prev
+    return x, c_noise, boxes, labels, prev
 
 
 def test_config_rejects_rates_outside_0_1(tiny_config):
@@ -38,41 +40,42 @@ def test_config_rejects_rates_outside_0_1(tiny_config):
 def test_previous_latents_have_no_effect_at_init(tiny_config):
     cfg = tiny_config("model.self_cond=0.9")
     model = HPDM(cfg)
-    x, c, off, size, labels, prev = _inputs(cfg)
-    out, lat = model(x, c, off, size, labels, return_latents=True)
-    assert lat.shape == prev.shape
-    torch.testing.assert_close(model(x, c, off, size, labels, prev=prev), out, rtol=0, atol=0)
+    x, c, boxes, labels, prev = _inputs(cfg)
+    carry = LatentCarry()
+    out = model(x, c, boxes, labels, latents=carry)
+    assert carry.final.shape == prev.shape
+    torch.testing.assert_close(model(x, c, boxes, labels, latents=LatentCarry(prev)), out, rtol=0, atol=0)
 
 
 def test_a_model_without_self_conditioning_refuses_latents(tiny_config):
     cfg = tiny_config()
-    x, c, off, size, labels, prev = _inputs(cfg)
+    x, c, boxes, labels, prev = _inputs(cfg)
     with pytest.raises(ValueError, match="self_cond"):
-        HPDM(cfg)(x, c, off, size, labels, prev=prev)
+        HPDM(cfg)(x, c, boxes, labels, latents=LatentCarry(prev))
 
 
 def test_mask_selects_level_instances_and_influence_runs_coarse_to_fine(tiny_config, perturbed):
     cfg = tiny_config("model.self_cond=0.9", "model.levels_per_block=[3,3,3]")
     model = perturbed(HPDM(cfg))
-    x, c, off, size, labels, prev = _inputs(cfg)
-    base = model(x, c, off, size, labels)
+    x, c, boxes, labels, prev = _inputs(cfg)
+    base = model(x, c, boxes, labels)
     B, L = x.shape[:2]
     # self-conditioning only the finest level changes only the finest level
     mask = torch.zeros(B, L, dtype=torch.bool)
     mask[:, -1] = True
-    out = model(x, c, off, size, labels, prev=prev, prev_mask=mask)
+    out = model(x, c, boxes, labels, latents=LatentCarry(prev, mask))
     torch.testing.assert_close(out[:, :-1], base[:, :-1], rtol=0, atol=0)
     assert (out[:, -1] - base[:, -1]).abs().max() > 1e-4
     # only level 0 of video 0: video 1 is untouched, every level of video 0 changes (deep fusion)
     mask = torch.zeros(B, L, dtype=torch.bool)
     mask[0, 0] = True
-    out = model(x, c, off, size, labels, prev=prev, prev_mask=mask)
+    out = model(x, c, boxes, labels, latents=LatentCarry(prev, mask))
     torch.testing.assert_close(out[1], base[1], rtol=0, atol=0)
     for k in range(L):
         assert (out[0, k] - base[0, k]).abs().max() > 1e-4, k
     # gradients: level k's output depends on level j's previous latents only for j <= k
     prev = prev.clone().requires_grad_(True)
-    out = model(x, c, off, size, labels, prev=prev)
+    out = model(x, c, boxes, labels, latents=LatentCarry(prev))
     for k in range(L):
         (g,) = torch.autograd.grad(out[:, k].square().sum(), prev, retain_graph=True)
         for j in range(L):
@@ -85,48 +88,56 @@ def test_mask_selects_level_instances_and_influence_runs_coarse_to_fine(tiny_con
 def test_forward_level_matches_joint_pass_with_previous_latents(tiny_config, perturbed):
     cfg = tiny_config("model.self_cond=0.9")
     model = perturbed(HPDM(cfg))
-    x, c, off, size, labels, prev = _inputs(cfg)
-    joint, lat = model(
-        x[:, :1], c[:, :1], off[:, :1], size[:, :1], labels, prev=prev[:, :1], return_latents=True
-    )
-    alone, lat1 = model.forward_level(
-        x[:, 0], c[:, 0], off[:, 0], size[:, 0], 0, None, labels, prev=prev[:, 0], return_latents=True
-    )
+    x, c, boxes, labels, prev = _inputs(cfg)
+    both, one = LatentCarry(prev[:, :1]), LatentCarry(prev[:, :1])
+    joint = model(x[:, :1], c[:, :1], boxes[:, :1], labels, latents=both)
+    alone = model.forward_level(x[:, 0], c[:, 0], boxes[:, 0], 0, None, labels, latents=one)
     torch.testing.assert_close(alone, joint[:, 0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(lat1, lat[:, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one.final, both.final, rtol=1e-5, atol=1e-6)
+    # the carry hands this pass's final latents on as the next pass's previous ones
+    assert one.next().prev is one.final and one.next().final is None
 
 
-def test_loss_draws_are_unchanged_and_first_pass_carries_no_gradient(tiny_config, perturbed):
+def test_wrapper_runs_a_gradient_free_first_pass_and_masks_by_rate(tiny_config, perturbed):
+    """`SelfConditioned`: the loss calls it like the network; it runs the network twice (the first
+    pass without gradients) and self-conditions a share `rate` of the (video, level) pairs; the
+    loss's draws are the plain network's (the mask comes from the global generator)."""
     cfg = tiny_config("model.self_cond=0.5")
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
     diff = Diffusion(cfg.diffusion, geo)
-    shape = (geo.num_levels, 3, *geo.patch)
     gens = lambda: [torch.Generator().manual_seed(s) for s in range(6)]  # noqa: E731
-    plain = diff.draw(6, shape, gens(), "cpu")
-    with_sc = diff.draw(6, shape, gens(), "cpu", self_cond=0.5)
-    assert len(with_sc) == 5 and with_sc[4].shape == (6, geo.num_levels) and with_sc[4].dtype == torch.bool
-    for a, b in zip(plain, with_sc):
-        assert torch.equal(a, b)
-
     model = perturbed(HPDM(cfg))
-    calls = []
-    model.register_forward_hook(
-        lambda m, args, kw, out: calls.append(torch.is_grad_enabled()), with_kwargs=True
-    )
-    x, _, off, size, labels, _ = _inputs(cfg, B=6)
-    loss, _, _ = diff.loss(model, x.clamp(-1, 1), off, size, labels, generator=gens(), self_cond=0.5)
+    calls, masks = [], []
+
+    def hook(m, args, kw, out):
+        calls.append(torch.is_grad_enabled())
+        masks.append(kw["latents"].mask if "latents" in kw else None)
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    x, _, boxes, labels, _ = _inputs(cfg, B=6)
+    x = x.clamp(-1, 1)
+    torch.manual_seed(0)
+    loss, _, sigma = diff.loss(SelfConditioned(model, 0.5), x, boxes, labels, generator=gens())
     assert calls == [False, True]  # a gradient-free first pass, then the trained pass
+    assert masks[0] is None and masks[1].shape == (6, geo.num_levels) and masks[1].dtype == torch.bool
     loss.backward()
     assert model.self_cond[1].weight.grad.abs().max() > 0
     calls.clear()
-    diff.loss(model, x.clamp(-1, 1), off, size, labels, generator=gens())
-    assert calls == [True]
+    _, _, plain_sigma = diff.loss(model, x, boxes, labels, generator=gens())
+    assert calls == [True] and torch.equal(sigma, plain_sigma)
+    rates = []
+    for rate in (0.0, 1.0):
+        masks.clear()
+        with torch.no_grad():
+            SelfConditioned(model, rate)(x, *_inputs(cfg, B=6)[1:4])
+        rates.append(masks[1].float().mean().item())
+    assert rates == [0.0, 1.0]
 
 
 def test_sampler_feeds_latents_back_and_cache_agrees(tiny_config, perturbed):
     cfg = load_config("tiny", ["model.self_cond=0.9"])
     model = perturbed(HPDM(cfg)).eval()
-    c = Cascade(model, cfg)
+    c = Sampler(model, cfg)
     a = c.generate(num=2, seed=3, cache="context", progress=False, guidance=1.5)
     b = c.generate(num=2, seed=3, cache="none", progress=False, guidance=1.5)
     for x, y in zip(a.levels, b.levels):

@@ -40,8 +40,7 @@ def test_overfits_one_batch(tiny_config):
         loss, per, _ = tr.diffusion.loss(
             tr.model,
             x,
-            boxes.offset,
-            boxes.size,
+            boxes,
             batch["label"],
             generator=gen,
             null_class=tr.model.null_class(),

@@ -12,6 +12,8 @@ import sys
 import torch
 from _heldout import level0_clips
 
+from hpdm.pyramid import Boxes
+
 
 def label_errors(ckpt: str, sigmas=(1.0, 3.0, 10.0, 30.0), num: int = 64) -> dict[float, tuple[float, ...]]:
     """σ → level-0 MSE (data space) with the right, a wrong and the null label."""
@@ -21,7 +23,7 @@ def label_errors(ckpt: str, sigmas=(1.0, 3.0, 10.0, 30.0), num: int = 64) -> dic
     scale = float(diff.sigma_in[0])
     x0 = x0[:, None] / scale  # level 0, in its scaled space
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)
+    boxes = Boxes(torch.zeros(num, 1, 3), torch.ones(num, 1, 3))
     k = cfg.model.num_classes
     variants = (labels, (labels + 3) % k, torch.full_like(labels, k))
     result = {}
@@ -30,7 +32,7 @@ def label_errors(ckpt: str, sigmas=(1.0, 3.0, 10.0, 30.0), num: int = 64) -> dic
             sigma = torch.full((num, 1), s)
             errs = []
             for lab in variants:
-                d = diff.denoise(model, x0 + s * noise, sigma, off, size, lab)
+                d = diff.denoise(model, x0 + s * noise, sigma, boxes, lab)
                 errs.append(float((d - x0).square().mean()) * scale**2)
             result[s] = tuple(errs)
     return result

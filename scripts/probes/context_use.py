@@ -18,6 +18,7 @@ import torch
 
 from hpdm.data.shapes import render_shapes
 from hpdm.diffusion import Diffusion
+from hpdm.model.fusion import previous_level_pixels
 from hpdm.pyramid import PyramidGeometry, extract_patches, sample_boxes
 from hpdm.train import load_model
 
@@ -34,11 +35,11 @@ def context_errors(ckpt: str, sigmas=(0.3, 1.0, 3.0, 10.0), num: int = 64) -> di
         torch.arange(60_000, 60_000 + num), *geo.target, size_range=cfg.data.shape_size
     )
     boxes = sample_boxes(geo, num, torch.Generator().manual_seed(1))
-    off, size = boxes.offset[:, :2], boxes.size[:, :2]
+    boxes = boxes[:, :2]
     x = extract_patches(video, geo, boxes)[:, :2]  # levels 0 and 1 of each clip, [-1, 1]
     scale = diff.sigma_in[:2].view(1, 2, 1, 1, 1, 1)
     y = x / scale
-    up = model._shallow_context(x, off, size)[:, 1]  # level 0 resampled onto the level-1 pixels
+    up = previous_level_pixels(x, boxes, geo.patch)[:, 1]  # level 0 resampled onto the level-1 pixels
     result: dict = {"upsampled": float((up - x[:, 1]).square().mean())}
     noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
     wrong = torch.cat([y[:, :1].roll(1, 0), y[:, 1:]], 1)  # another clip's level 0
@@ -48,7 +49,7 @@ def context_errors(ckpt: str, sigmas=(0.3, 1.0, 3.0, 10.0), num: int = 64) -> di
             e = sigma[..., None, None, None, None] * noise
             errs = []
             for ctx in (y, wrong):
-                d = diff.denoise(model, ctx + e, sigma, off, size, labels)[:, 1] * scale[:, 1]
+                d = diff.denoise(model, ctx + e, sigma, boxes, labels)[:, 1] * scale[:, 1]
                 errs.append(float((d - x[:, 1]).square().mean()))
             result[s] = tuple(errs)
     return result

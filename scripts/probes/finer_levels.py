@@ -1,7 +1,7 @@
 """Probe: what the finer levels draw on their own, sampled from held-out real level-0 clips.
 
 What the finer levels can draw on their own: held-out real shapes clips are downsampled to
-their level 0, the checkpoint samples only the finer levels from it (`Cascade.generate(given=…)`),
+their level 0, the checkpoint samples only the finer levels from it (`Sampler.generate(given=…)`),
 and each level is scored as `hpdm eval report` scores the final level: class and shape accuracy
 (the colour-blind classifier: does the outline name the class?), object persistence, blockiness
 and judder (1.0 = no pixel grid / even frame changes). Real
@@ -28,10 +28,10 @@ def finer_level_scores(ckpt: str, num: int = 64, overrides=(), batch: int = 16) 
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.objects import object_areas, persistence
     from hpdm.metrics.seam import blockiness, judder
-    from hpdm.sampling import Cascade
+    from hpdm.sampling import Sampler
 
     model, cfg, _, x0, labels = level0_clips(ckpt, num, overrides=overrides)
-    cascade = Cascade(model, cfg)
+    cascade = Sampler(model, cfg)
     gens = [
         cascade.generate(num=len(lb), labels=lb.tolist(), seed=1 + i, given=[x], progress=False).levels
         for i, (x, lb) in enumerate(zip(x0.split(batch), labels.split(batch)))
@@ -55,13 +55,13 @@ def finer_level_scores(ckpt: str, num: int = 64, overrides=(), batch: int = 16) 
 def figure(ckpt: str, path: str, num: int = 8, overrides=()) -> None:
     from hpdm.data.shapes import SHAPES_CLASSES, render_shapes
     from hpdm.data.video import contact_sheet
-    from hpdm.sampling import Cascade
+    from hpdm.sampling import Sampler
 
     model, cfg, _, x0, labels = level0_clips(ckpt, num, overrides=overrides)
     real, _, _ = render_shapes(
         torch.arange(50_000, 50_000 + num), *cfg.pyramid.target, size_range=cfg.data.shape_size
     )
-    gen = Cascade(model, cfg).generate(num=num, labels=labels.tolist(), seed=1, given=[x0], progress=False)
+    gen = Sampler(model, cfg).generate(num=num, labels=labels.tolist(), seed=1, given=[x0], progress=False)
     f = real.shape[2]
     pick = [f // 4, 3 * f // 4]
     rows = torch.cat([real[:, :, pick], gen.video[:, :, pick]], dim=2)  # real | sampled, 2 frames each

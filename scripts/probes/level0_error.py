@@ -30,18 +30,20 @@ import argparse
 import torch
 from _heldout import add_set_option, level0_clips
 
+from hpdm.pyramid import Boxes
+
 
 def level0_errors(ckpt: str, sigmas=(0.1, 0.3, 1.0, 3.0), num: int = 128) -> dict[float, float]:
     model, _, diff, x0, labels = level0_clips(ckpt, num)
     scale = float(diff.sigma_in[0])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)
+    boxes = Boxes(torch.zeros(num, 1, 3), torch.ones(num, 1, 3))
     result = {}
     for s in sigmas:
         sigma = torch.full((num, 1), s)
         y = (x0 / scale + s * noise)[:, None]
         with torch.no_grad():
-            D = diff.denoise(model, y, sigma, off, size, labels)[:, 0] * scale
+            D = diff.denoise(model, y, sigma, boxes, labels)[:, 0] * scale
         result[s] = float((D - x0).square().mean())
     return result
 
@@ -50,13 +52,13 @@ def level0_samples(ckpt: str, num: int, overrides=()) -> dict[str, float]:
     """Class accuracy, shape accuracy and persistence of `num` level-0 samples."""
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.objects import object_areas, persistence
-    from hpdm.sampling import Cascade
+    from hpdm.sampling import Sampler
     from hpdm.train import load_model
 
     model, cfg = load_model(ckpt, overrides=list(overrides))
     labels = torch.arange(num) % cfg.model.num_classes
     guidance = cfg.sample.cfg[0] if isinstance(cfg.sample.cfg, list) else cfg.sample.cfg
-    cascade = Cascade(model, cfg)
+    cascade = Sampler(model, cfg)
     x = torch.cat(
         [
             cascade.generate(
@@ -80,27 +82,27 @@ def level0_samples(ckpt: str, num: int, overrides=()) -> dict[str, float]:
 def shape_retention(ckpt: str, sigmas, num: int = 64, overrides=()) -> dict[float, float]:
     """Shape accuracy of real level-0 clips noised to each σ and sampled back to σ = 0."""
     from hpdm.metrics.classifier import class_accuracy, load_classifier
-    from hpdm.sampling import Cascade, edm_sampler, karras_sigmas, level_steps
+    from hpdm.sampling import Sampler, edm_sampler, karras_sigmas, level_steps
 
     model, cfg, diff, x0, labels = level0_clips(ckpt, num, overrides=overrides)
     s = cfg.sample
     guidance = s.cfg[0] if isinstance(s.cfg, list) else s.cfg
-    guide = Cascade(model, cfg).guide if s.guide_scale != 1.0 else None
+    guide = Sampler(model, cfg).guide if s.guide_scale != 1.0 else None
     scale = float(diff.sigma_in[0])
-    off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)
+    boxes = Boxes(torch.zeros(num, 1, 3), torch.ones(num, 1, 3))
     null = torch.full_like(labels, model.null_class())
 
     def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
         sig = torch.full((num, 1), sigma)
         with torch.no_grad():
-            cond = diff.denoise(model, y[:, None], sig, off, size, labels)[:, 0]
+            cond = diff.denoise(model, y[:, None], sig, boxes, labels)[:, 0]
             out = cond
             if guidance != 1.0:
-                uncond = diff.denoise(model, y[:, None], sig, off, size, null)[:, 0]
+                uncond = diff.denoise(model, y[:, None], sig, boxes, null)[:, 0]
                 out = uncond + guidance * (cond - uncond)
             iv = s.guide_interval
-            if guide is not None and (iv is None or iv[0] <= sigma <= iv[1]):  # as Cascade does
-                weak = diff.denoise(guide, y[:, None], sig, off, size, labels)[:, 0]
+            if guide is not None and (iv is None or iv[0] <= sigma <= iv[1]):  # as Sampler does
+                weak = diff.denoise(guide, y[:, None], sig, boxes, labels)[:, 0]
                 out = out + (s.guide_scale - 1.0) * (cond - weak)
         return out
 

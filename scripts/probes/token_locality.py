@@ -14,13 +14,15 @@ import torch
 from _heldout import level0_clips
 from einops import rearrange
 
+from hpdm.pyramid import Boxes
+
 
 def own_token_share(ckpt: str, sigmas=(0.3, 1.0, 3.0), num: int = 4) -> dict[float, float]:
     model, _, diff, x0, labels = level0_clips(ckpt, num)
     x0 = x0 / diff.sigma_in[0]  # level 0, in its scaled space
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(x0.shape, generator=g)
-    off, size = torch.zeros(num, 1, 3), torch.ones(num, 1, 3)
+    boxes = Boxes(torch.zeros(num, 1, 3), torch.ones(num, 1, 3))
     nf, nh, nw = model.grid
     cf, ch, cw = model.cube
     token = (nf // 2, nh // 2, nw // 2)
@@ -30,7 +32,7 @@ def own_token_share(ckpt: str, sigmas=(0.3, 1.0, 3.0), num: int = 4) -> dict[flo
         c_in = diff.coefficients(sigma, 1)[2]
         c_noise = diff.coefficients(sigma, 1)[3]
         inp = (c_in * (x0 + s * noise)[:, None]).requires_grad_(True)
-        out = model(inp, c_noise, off, size, labels)[:, 0]
+        out = model(inp, c_noise, boxes, labels)[:, 0]
         f, h, w = (a * c for a, c in zip(token, model.cube))
         o = out[:, :, f : f + cf, h : h + ch, w : w + cw]
         (grad,) = torch.autograd.grad((o * torch.randn(o.shape, generator=g)).sum(), inp)

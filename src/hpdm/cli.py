@@ -67,7 +67,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     import torch
 
     from hpdm.checkpoint import load_model
-    from hpdm.sampling import Cascade, coarse_from_videos
+    from hpdm.sampling import Sampler, coarse_from_videos
     from hpdm.train import pick_device
 
     device = pick_device(a.device)
@@ -90,7 +90,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if a.cfg is not None:
         cfg.sample.cfg = a.cfg
     t0 = time.perf_counter()
-    gen = Cascade(model, cfg, device).generate(
+    gen = Sampler(model, cfg, device).generate(
         num=a.num,
         labels=a.cls,
         text=text,

@@ -51,9 +51,6 @@ class PyramidConfig:
 @dataclass
 class ModelConfig:
     cube: Size3 = (1, 4, 4)  # tokenizer pixel cube
-    # level 0's own cube (None: `cube`); a smaller one gives level 0, which draws the layout and
-    # the outlines, more tokens while the finer levels keep theirs (not in the paper)
-    cube0: Size3 | None = None
     dim: int = 128  # data-token width d
     latent_dim: int = 128  # latent width d_lat
     num_latents: int = 32  # m
@@ -64,16 +61,15 @@ class ModelConfig:
     levels_per_block: list[int] | None = None  # None = every block processes every level (AC off)
     num_classes: int = 0  # 0 = unconditional; a null class is added for guidance
     text_dim: int = 0  # >0: text-token width of the text encoder (text-to-video)
-    fusion: str = "deep"  # deep | shallow | none
-    # with deep fusion, also give each level the previous level's input pixels resampled onto its
-    # patch as 3 extra input channels (what shallow fusion gives alone)
-    pixel_context: bool = False
+    # how a level sees the coarser ones: deep (the paper's deep context fusion) | shallow (the
+    # previous level's pixels resampled onto the patch as 3 extra input channels, the paper's
+    # ablation) | deep+pixels (both; an extension) | none
+    fusion: str = "deep"
     detach_context: bool = False
     use_coords: bool = True
     dropout: float = 0.0  # residual dropout on every MLP output in the RIN blocks (training only)
     self_cond: float = 0.0  # latent self-conditioning rate (RIN); 0 = off
     token_conv: bool = False  # depthwise 3x3x3 conv on the data tokens before every block
-    token_attn: bool = False  # self-attention among one patch's data tokens before every block
     token_cond: bool = False  # also add the conditioning (noise level, level, class/text) to every data token
 
 
@@ -268,8 +264,40 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     return cfg.validate()
 
 
+# Model options that were removed (docs/decisions.md); a saved config that leaves them off still loads
+REMOVED = {
+    "cube0": "model.cube0 (level 0's own token cube) was removed: no shipped model used it and no measurement "
+    "supported it (docs/decisions.md); use model.cube",
+    "token_attn": "model.token_attn (self-attention among a patch's tokens) was removed: measured, it left samples "
+    "unchanged at 1.4x the step time (docs/decisions.md)",
+    "pixel_context": "model.pixel_context is now model.fusion=deep+pixels",
+}
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
-    return _build(Config, raw, "")
+    return _build(Config, _upgrade(raw), "")
+
+
+def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before the model's options were reorganised, in today's fields: an
+    option left off is dropped, `pixel_context: true` becomes `fusion: deep+pixels`, and a removed
+    option that is on is an error that says so."""
+    m = raw.get("model")
+    if not isinstance(m, dict) or not any(k in m for k in REMOVED):
+        return raw
+    m = dict(m)
+    if m.pop("pixel_context", False):
+        if m.get("fusion", "deep") != "deep":
+            raise ConfigError(
+                f"model.pixel_context=true with model.fusion={m['fusion']}: {REMOVED['pixel_context']}"
+            )
+        m["fusion"] = "deep+pixels"
+    if m.pop("token_attn", False):
+        raise ConfigError(REMOVED["token_attn"])
+    cube0 = m.pop("cube0", None)
+    if cube0 is not None and list(cube0) != list(m.get("cube", ModelConfig.cube)):
+        raise ConfigError(REMOVED["cube0"])
+    return {**raw, "model": m}
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -289,6 +317,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
                 raise ConfigError(f"override '{key}': unknown section '{p}'")
             obj = getattr(obj, p)
         leaf = parts[-1]
+        if isinstance(obj, ModelConfig) and leaf in REMOVED:
+            raise ConfigError(f"override '{key}': {REMOVED[leaf]}")
         if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
             names = [f.name for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj) else []
             raise ConfigError(f"override '{key}': unknown field '{leaf}'; known: {names}")
@@ -405,12 +435,6 @@ def validate(cfg: Config) -> None:
                 f"model.cube: patch {'fhw'[a]}-size {r} is not divisible by cube size {c}; "
                 f"choose a cube that divides the patch {list(p.patch)}"
             )
-    for a, (r, c) in enumerate(zip(p.patch, m.cube0 or m.cube)):
-        if c <= 0 or r % c:
-            raise ConfigError(
-                f"model.cube0: patch {'fhw'[a]}-size {r} is not divisible by level 0's cube size {c}; "
-                f"choose a cube that divides the patch {list(p.patch)}, or null for model.cube"
-            )
     for name in ("dim", "latent_dim", "num_latents", "num_blocks", "latent_layers", "heads"):
         if getattr(m, name) <= 0:
             raise ConfigError(f"model.{name} must be positive")
@@ -430,12 +454,7 @@ def validate(cfg: Config) -> None:
                 f"model.levels_per_block={lpb}: level {max(lpb)} (and finer) is processed by no block; "
                 f"at least one block must process all {p.num_levels} levels"
             )
-    _choice(m.fusion, ("deep", "shallow", "none"), "model.fusion")
-    if m.pixel_context and m.fusion != "deep":
-        raise ConfigError(
-            f"model.pixel_context adds the coarse pixels to deep fusion; with model.fusion={m.fusion} "
-            "set it to false (shallow fusion already feeds the pixels)"
-        )
+    _choice(m.fusion, ("deep", "shallow", "deep+pixels", "none"), "model.fusion")
     if not 0.0 <= m.self_cond <= 1.0:
         raise ConfigError(f"model.self_cond={m.self_cond} is a probability; use a value in [0, 1] (RIN: 0.9)")
     if not 0.0 <= m.dropout < 1.0:

@@ -36,7 +36,7 @@ def run_demo(
     import torch
 
     from hpdm.outputs import save_outputs
-    from hpdm.sampling import Cascade
+    from hpdm.sampling import Sampler
     from hpdm.train import Trainer, pick_device
 
     out = Path(out)
@@ -71,7 +71,7 @@ def run_demo(
     n_cls = cfg.model.num_classes
     labels = torch.arange(n_cls).repeat_interleave(num_per_class)
     t1 = time.perf_counter()
-    gen = Cascade(model, cfg, device).generate(
+    gen = Sampler(model, cfg, device).generate(
         num=len(labels), labels=labels, size=size, seed=seed, steps=sample_steps, progress=not quiet
     )
     gen.settings.update(

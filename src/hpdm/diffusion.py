@@ -8,11 +8,21 @@ Level ℓ diffuses the scaled signal `y = x / σ_in,ℓ` with EDM preconditionin
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from hpdm.config import DiffusionConfig
-from hpdm.pyramid import PyramidGeometry
+from hpdm.pyramid import Boxes, PyramidGeometry
+
+
+class Draws(NamedTuple):
+    """The random draws of one loss evaluation (`Diffusion.draw`)."""
+
+    sigma: torch.Tensor  # (B, L) noise level per video and level
+    noise: torch.Tensor  # (B, *shape) unit Gaussian noise
+    drop: torch.Tensor  # (B,) bool: the condition is dropped (classifier-free guidance)
+    keep: torch.Tensor  # (B, L) bool: the level carries loss (false: given as clean context)
 
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: torch.Tensor | float):
@@ -69,18 +79,15 @@ class Diffusion:
         shape: tuple[int, ...],
         generator: torch.Generator | list[torch.Generator] | None,
         device,
-        self_cond: float = 0.0,
-    ) -> tuple[torch.Tensor, ...]:
-        """The loss's random draws, in this order: σ (B, L), unit noise (B, *shape), drop mask (B,),
-        with `self_cond` > 0 the self-conditioning mask (B, L), and with `clean_context` > 0 the
-        choice of videos and levels given a clean context (drawn last, so turning either on leaves
-        the earlier draws unchanged). Returns σ, noise, drop, loss mask (B, L) and, with
-        `self_cond`, the self-conditioning mask.
+    ) -> Draws:
+        """The loss's random draws: σ (B, L), unit noise (B, *shape), condition drop (B,) and, with
+        `clean_context` > 0, which videos and levels are given as clean context (drawn last, so
+        turning it on leaves the earlier draws unchanged), as the loss mask (B, L).
 
         A list of generators draws each video from its own, so a video's draws do not depend on
         the batch it is in (the trainer keys them by the video's position in the sample stream):
-        two calls per video (its noise, then 2L + 3 uniforms for everything else, the same count
-        whatever is turned on), the rest vectorised over the batch.
+        two calls per video (its noise, then 2L + 3 uniforms for everything else — L of them once
+        drew self-conditioning's mask and still keep the stream's layout), vectorised over the batch.
         """
         L = self.geo.num_levels
         if isinstance(generator, list | tuple):
@@ -92,27 +99,25 @@ class Diffusion:
                 u[i].uniform_(generator=g)
             u = u.to(device).double().clamp(1e-12, 1 - 1e-12)
             n_sigma = (math.sqrt(2) * torch.erfinv(2 * u[:, :L] - 1)).float()  # inverse normal CDF
-            u_drop, u_sc, u_chosen, u_target = u[:, L], u[:, L + 1 : 2 * L + 1], u[:, -2], u[:, -1]
+            u_drop, u_chosen, u_target = u[:, L], u[:, -2], u[:, -1]
             target = 1 + (u_target * (L - 1)).long().clamp_max(max(L - 2, 0))
-            return self._finish(n_sigma, noise.to(device), u_drop, u_sc, u_chosen, target, shape, self_cond)
+            return self._finish(n_sigma, noise.to(device), u_drop, u_chosen, target, shape)
         gdev = _gen_device(generator, device)
         n_sigma = torch.randn(batch, L, generator=generator, device=gdev).to(device)
         noise = torch.randn((batch, *shape), generator=generator, device=gdev).to(device)
         u_drop = torch.rand(batch, generator=generator, device=gdev).to(device)
-        u_sc = torch.rand(batch, L, generator=generator, device=gdev).to(device) if self_cond > 0 else None
         u_chosen = target = None
         if self.cfg.clean_context > 0 and L > 1:
             u_chosen = torch.rand(batch, generator=generator, device=gdev).to(device)
             target = torch.randint(1, L, (batch,), generator=generator, device=gdev).to(device)
-        return self._finish(n_sigma, noise, u_drop, u_sc, u_chosen, target, shape, self_cond)
+        return self._finish(n_sigma, noise, u_drop, u_chosen, target, shape)
 
-    def _finish(self, n_sigma, noise, u_drop, u_sc, u_chosen, target, shape, self_cond: float):
+    def _finish(self, n_sigma, noise, u_drop, u_chosen, target, shape) -> Draws:
         """`draw`'s results from its raw draws (standard normals for σ, uniforms for the masks)."""
         L = self.geo.num_levels
         dev = noise.device
         sigma = (self.P_mean.to(dev) + self.P_std.to(dev) * n_sigma).exp()
         drop = u_drop < self.cfg.cond_drop
-        sc = u_sc < self_cond if self_cond > 0 else None
         keep = torch.ones_like(sigma, dtype=torch.bool)
         if self.cfg.clean_context > 0 and L > 1:
             given = (u_chosen < self.cfg.clean_context)[:, None] & (
@@ -120,10 +125,7 @@ class Diffusion:
             )
             sigma = torch.where(given, torch.full_like(sigma, self.cfg.clean_context_sigma), sigma)
             keep = ~given
-        keep = keep[:, : shape[0]]
-        if sc is None:
-            return sigma, noise, drop, keep
-        return sigma, noise, drop, keep, sc[:, : shape[0]]
+        return Draws(sigma, noise, drop, keep[:, : shape[0]])
 
     def coefficients(self, sigma: torch.Tensor, levels: int):
         """EDM coefficients for σ (B, L') of levels 0..L'-1, broadcastable over (B, L', 3, *patch)."""
@@ -132,52 +134,42 @@ class Diffusion:
         return tuple(c[e] if k < 3 else c for k, c in enumerate(edm_coefficients(sigma, sd)))
 
     def denoise(
-        self, net, y: torch.Tensor, sigma: torch.Tensor, offset, size, labels=None, text=None
+        self, net, y: torch.Tensor, sigma: torch.Tensor, boxes: Boxes, labels=None, text=None
     ) -> torch.Tensor:
         """D(y; σ) = c_skip·y + c_out·F(c_in·y, c_noise) for levels 0..L'-1: y (B, L', 3, ...) in scaled space."""
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma, y.shape[1])
-        out = net(c_in * y, c_noise, offset, size, labels, text)
+        out = net(c_in * y, c_noise, boxes, labels, text)
         return c_skip * y + c_out * out
 
     def loss(
         self,
         net,
         x: torch.Tensor,
-        offset: torch.Tensor,
-        size: torch.Tensor,
+        boxes: Boxes,
         labels: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         null_class: int | None = None,
-        self_cond: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """EDM loss summed over levels. x (B, L, 3, *patch) clean patches in [-1, 1].
+        """EDM loss summed over levels. x (B, L, 3, *patch) clean patches in [-1, 1]; `net` is
+        called as `net(c_in·y, c_noise, boxes, labels, text)` (an HPDM, or one wrapped, e.g.
+        `SelfConditioned`).
 
         Returns (loss, per-sample per-level loss (B, L) detached, σ (B, L)). Conditions are
         dropped with p = cond_drop (per video, for all its levels). `generator` may be a list of
-        one generator per video (see `draw`). With `self_cond` > 0 (latent self-conditioning,
-        RIN), a first gradient-free pass gives latents that initialise the second pass's, for
-        each (video, level) with probability `self_cond`.
+        one generator per video (see `draw`).
         """
         B, L = x.shape[:2]
         dev = x.device
         y = x / self.sigma_in.to(dev)[None, :, None, None, None, None]
-        sigma, noise, drop, keep, *sc = self.draw(B, y.shape[1:], generator, dev, self_cond)
+        sigma, noise, drop, keep = self.draw(B, y.shape[1:], generator, dev)
         sigma = sigma[:, :L]
         if labels is not None and null_class is not None:
             labels = torch.where(drop, torch.full_like(labels, null_class), labels)
         if text is not None:
             text = text * (~drop).to(text.dtype)[:, None, None]
         e = (...,) + (None,) * 4
-        y_noisy = y + sigma[e] * noise
-        if sc:
-            c_skip, c_out, c_in, c_noise = self.coefficients(sigma, L)
-            with torch.no_grad():
-                _, prev = net(c_in * y_noisy, c_noise, offset, size, labels, text, return_latents=True)
-            out = net(c_in * y_noisy, c_noise, offset, size, labels, text, prev=prev, prev_mask=sc[0])
-            D = c_skip * y_noisy + c_out * out
-        else:
-            D = self.denoise(net, y_noisy, sigma, offset, size, labels, text)
+        D = self.denoise(net, y + sigma[e] * noise, sigma, boxes, labels, text)
         sd = self.sigma_data.to(dev)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM λ(σ): unit weight on the F-target
         per = weight * ((D - y) ** 2).flatten(2).mean(-1)  # (B, L)

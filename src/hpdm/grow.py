@@ -45,14 +45,14 @@ def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, lis
                 report["grown"].append(key)
             elif key == "tokenizer.weight" and src.shape[1] == 2 * target.shape[1]:
                 raise ValueError(
-                    "the base was trained with model.pixel_context=true (its tokenizer reads 6 channels); "
-                    "add model.pixel_context=true to initialise from it"
+                    "the base was trained with pixel context (model.fusion=deep+pixels or shallow: its "
+                    "tokenizer reads 6 channels); set model.fusion the same to initialise from it"
                 )
             else:
                 raise ValueError(
                     f"cannot initialise '{key}' of shape {tuple(target.shape)} from the base's "
                     f"{tuple(src.shape)}: the base must have the same widths (model.dim, latent_dim, "
-                    "num_latents, num_blocks, cube, cube0, patch) as the grown config"
+                    "num_latents, num_blocks, cube, patch) as the grown config"
                 )
         report["ignored"] = sorted(set(base) - set(own))
     return report

@@ -49,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import (
     FlopCounterMode,
     conv_flop_count,
@@ -75,8 +74,8 @@ TRAIN_STATE_BYTES_PER_PARAMETER = 4 * 5
 def full_res_config(cfg: Config) -> Config:
     """The 1-level full-resolution model a pyramid config is compared against (a new Config).
 
-    Same backbone: blocks, widths, latents, heads, MLPs, conditioning and the tokenizer cube of the
-    finest level (`model.cube`, or `model.cube0` when the pyramid has one level); one level whose
+    Same backbone: blocks, widths, latents, heads, MLPs, conditioning and the tokenizer cube
+    (`model.cube`); one level whose
     patch is the target; adaptive computation off. Every per-level setting becomes one level's:
     - input scaling: `diffusion.sigma_in0` is σ_in of the pyramid's finest level, the one at the
       target resolution (`sigma_in_factor` then has nothing to scale);
@@ -84,8 +83,8 @@ def full_res_config(cfg: Config) -> Config:
       `sample.cfg`. Like level 0, the full-resolution model draws a whole video from pure noise;
       input scaling (Chen 2023) is what carries a noise schedule to a larger resolution;
     - `diffusion.level_weight` 1 (with one level it only scales the loss);
-    - off, as they have no coarser level to act on: `model.cube0`, deep/shallow fusion and pixel
-      context, `diffusion.clean_context`, `sample.start_sigma`, `sample.consistency`, and the
+    - off, as they have no coarser level to act on: context fusion (`model.fusion=none`),
+      `diffusion.clean_context`, `sample.start_sigma`, `sample.consistency`, and the
       level-0 `sample.base` and `sample.guide` checkpoints (their patch is level 0's, not the target).
     `name` and `train.out_dir` get a `-full-res` suffix so the two runs never share a folder.
     Raises ConfigError when the result is invalid (it is validated).
@@ -95,10 +94,7 @@ def full_res_config(cfg: Config) -> Config:
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, L)
     p, m, d, s = out.pyramid, out.model, out.diffusion, out.sample
     p.patch, p.num_levels = tuple(cfg.pyramid.target), 1
-    if L == 1 and m.cube0 is not None:
-        m.cube = m.cube0
-    m.cube0, m.levels_per_block = None, None
-    m.fusion, m.pixel_context = "none", False
+    m.levels_per_block, m.fusion = None, "none"
     d.sigma_in0, d.sigma_in_factor = input_scales(cfg.diffusion, geo)[-1], None
     d.P_mean, d.P_std = _level0(d.P_mean), _level0(d.P_std)
     d.level_weight, d.clean_context = 1.0, 0.0
@@ -237,24 +233,6 @@ class fused_attention(TorchFunctionMode):  # noqa: N801 (used as a context manag
         return func(*args, **kwargs)
 
 
-def _prepare_meta(model: HPDM) -> None:
-    """HPDM builds its deep-context (target, source) tables on first use; with `model.cube0` it cuts
-    them with boolean masks, whose result size meta tensors cannot know. Build them on the CPU and
-    keep meta copies, keyed as the model looks them up."""
-    if not model.deep:
-        return
-    for nb in set(model.levels_per_block):
-        if nb > 1:
-            model._pairs(tuple(range(1, nb)), "cpu")
-            if model.split0:
-                model._pairs_split(tuple(range(1, nb)), "cpu")
-    for key, value in list(model._pair_cache.items()):
-        if key[-1] == "cpu":
-            model._pair_cache[(*key[:-1], "meta")] = tree_map(
-                lambda t: None if t is None else t.to("meta"), value
-            )
-
-
 @dataclass
 class _Trace:
     model: HPDM
@@ -276,8 +254,6 @@ def _trace(cfg: Config, batch: int, device: str | torch.device = "meta") -> _Tra
         x = torch.randn(batch, geo.num_levels, 3, *geo.patch)  # (B, L, 3, *patch)
         labels = torch.zeros(batch, dtype=torch.long) if cfg.model.num_classes > 0 else None
         text = torch.zeros(batch, 8, cfg.model.text_dim) if cfg.model.text_dim > 0 else None
-    if torch.device(device).type == "meta":
-        _prepare_meta(model)
     diffusion = Diffusion(cfg.diffusion, geo)
     regions = {f"blocks.{b}": blk for b, blk in enumerate(model.blocks)}
     regions.update({f"fusion.{b}": lin for b, lin in model.fusion.items()})
@@ -303,9 +279,7 @@ def _loss_saving(model, diffusion, boxes, x, labels, text) -> tuple[torch.Tensor
 
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _, _ = diffusion.loss(
-            model, x, boxes.offset, boxes.size, labels, text, null_class=model.null_class()
-        )
+        loss, _, _ = diffusion.loss(model, x, boxes, labels, text, null_class=model.null_class())
     return loss, sum(v for k, v in seen.items() if k not in params)
 
 
@@ -341,13 +315,10 @@ def model_info(
     blocks = [tr.flops(f"blocks.{b}") for b in range(len(lpb))]
     fusion = [tr.flops(f"fusion.{b}") for b in range(len(lpb))]
     per_level = [0.0] * L
-    tokens = [model.num_tokens0] + [model.num_tokens] * (L - 1)
     for b, nb in enumerate(lpb):
         active = range(min(nb, L))
-        for lvl in active:
-            # levels are folded into the batch: shares by token count (equal unless level 0 has
-            # its own cube, `model.cube0`)
-            per_level[lvl] += blocks[b] * tokens[lvl] / sum(tokens[k] for k in active)
+        for lvl in active:  # levels are folded into the batch, with equal token counts
+            per_level[lvl] += blocks[b] / len(active)
             if lvl > 0 and nb > 1:
                 per_level[lvl] += fusion[b] / (nb - 1)
     rest = total - sum(blocks) - sum(fusion)
@@ -368,7 +339,7 @@ def model_info(
             {
                 "level": lvl,
                 "virtual_size": list(geo.level_sizes[lvl]),
-                "tokens": tokens[lvl],
+                "tokens": model.num_tokens,
                 "blocks": [b for b, nb in enumerate(lpb) if lvl < nb],
                 "train_step_flops": per_level[lvl] / batch,
             }

@@ -140,14 +140,55 @@ def crop(
 
 @dataclass
 class Boxes:
-    """Per-level boxes of a batch: `offset` and `size` (B, L, 3) normalised; `pixel` (B, L, 3) long."""
+    """Boxes of patches, the one geometry type of training, deep context fusion and tiling.
+
+    `offset` and `size` (..., 3) are in normalised whole-video coordinates (f, h, w); `pixel`
+    (..., 3) long is the offset on the patch's own level grid, when the box is one (always in
+    training and tiling). Leading dims are free: (B, L) per level of a batch, (T,) per tile.
+    """
 
     offset: torch.Tensor
     size: torch.Tensor
-    pixel: torch.Tensor
+    pixel: torch.Tensor | None = None
+
+    @classmethod
+    def on_grid(cls, pixel: torch.Tensor, level_size: Sequence[int], patch: Sequence[int]) -> Boxes:
+        """Boxes of `patch`-sized patches at integer offsets `pixel` (..., 3) on a level grid of `level_size`."""
+        V = torch.tensor(level_size, dtype=torch.float64, device=pixel.device)
+        r = torch.tensor(patch, dtype=torch.float64, device=pixel.device)
+        offset = (pixel.double() / V).float()
+        size = (r / V).float().expand_as(offset).contiguous()
+        return cls(offset, size, pixel)
 
     def to(self, device) -> Boxes:
-        return Boxes(self.offset.to(device), self.size.to(device), self.pixel.to(device))
+        pixel = self.pixel.to(device) if self.pixel is not None else None
+        return Boxes(self.offset.to(device), self.size.to(device), pixel)
+
+    def __getitem__(self, index) -> Boxes:
+        """Index the leading dims, e.g. `boxes[:, 1:]` (levels) or `boxes[a:b]` (tiles)."""
+        pixel = self.pixel[index] if self.pixel is not None else None
+        return Boxes(self.offset[index], self.size[index], pixel)
+
+    def __len__(self) -> int:
+        return self.offset.shape[0]
+
+    @staticmethod
+    def stack(boxes: Sequence[Boxes], dim: int = 0) -> Boxes:
+        """Boxes stacked along a new leading dim (e.g. coarse levels of the same tiles: dim=1)."""
+        pixels = [b.pixel for b in boxes]
+        pixel = torch.stack(pixels, dim) if all(p is not None for p in pixels) else None
+        return Boxes(
+            torch.stack([b.offset for b in boxes], dim), torch.stack([b.size for b in boxes], dim), pixel
+        )
+
+    @staticmethod
+    def cat(boxes: Sequence[Boxes], dim: int = 0) -> Boxes:
+        """Boxes concatenated along an existing leading dim (tiles: dim=0, levels: dim=1)."""
+        pixels = [b.pixel for b in boxes]
+        pixel = torch.cat(pixels, dim) if all(p is not None for p in pixels) else None
+        return Boxes(
+            torch.cat([b.offset for b in boxes], dim), torch.cat([b.size for b in boxes], dim), pixel
+        )
 
 
 def sample_boxes(
@@ -295,17 +336,6 @@ def context_offsets(
     lo = torch.ceil((tile_pixel.double() + r) * q - r - 1e-9).clamp(min=0)
     hi = torch.floor(tile_pixel.double() * q + 1e-9).clamp(max=V_coarse - r)
     return torch.minimum(torch.maximum(start, lo), hi).long()
-
-
-def pixel_boxes(
-    pixel: torch.Tensor, level_size: Sequence[int], patch: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (offset, size) of patches given integer offsets on a level grid of `level_size`."""
-    V = torch.tensor(level_size, dtype=torch.float64, device=pixel.device)
-    r = torch.tensor(patch, dtype=torch.float64, device=pixel.device)
-    offset = (pixel.double() / V).float()
-    size = (r / V).float().expand_as(offset).contiguous()
-    return offset, size
 
 
 def paste_add(

@@ -1,18 +1,27 @@
 """Samplers and the coarse-to-fine tiled cascade (paper §4.4, DESIGN.md §4–§5).
 
 Level 0 is generated first; each finer level is a *canvas* of its virtual size covered by
-patch-sized tiles. At every sampler step all tiles are denoised (in batches), the denoiser
-outputs are averaged over overlaps on the canvas, and one sampler step is taken on the whole
-canvas, so any noise a stochastic step adds is drawn once per canvas voxel. Each tile sees the
-finished coarser levels through crops that contain it; their fused context does not change
-while a level is sampled, so it is computed once per tile and cached.
+patch-sized tiles. At every sampler step a `TiledDenoiser` denoises all tiles (in batches) and
+averages them over overlaps on the canvas, and one sampler step is taken on the whole canvas, so
+any noise a stochastic step adds is drawn once per canvas voxel. Each tile sees the finished
+coarser levels through crops that contain it; their fused context does not change while a level
+is sampled, so it is computed once per tile and cached.
+
+Guidance is a list of small functions of the denoised canvas and the step (`classifier_free`,
+`autoguidance`, `pyramid_consistency`), composed by `guided`. `Cascade` samples with one network;
+`Sampler` adds what a config names beside it (a level-0 model `sample.base` and an autoguidance
+guide `sample.guide`): they sample level 0, which the cascade then takes as given.
+
+The network interface the sampler uses (`hpdm.model.hpdm.HPDM`): `forward_level`,
+`level_context`, `context_bytes`, `null_class` and `self_cond` (whether it self-conditions).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -21,40 +30,21 @@ from tqdm import tqdm
 
 from hpdm.config import Config, ConfigError, SampleConfig, check_steps
 from hpdm.diffusion import Diffusion, edm_coefficients
+from hpdm.model.fusion import LevelContext
 from hpdm.model.hpdm import HPDM
+from hpdm.model.self_cond import LatentCarry
 from hpdm.pyramid import (
+    Boxes,
     PyramidGeometry,
     context_offsets,
     crop,
     downsample2,
     paste_add,
-    pixel_boxes,
     tile_offsets,
     valid_sizes,
 )
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
-
-
-class ContextCrop(NamedTuple):
-    """One finished coarser level as context for a batch of tiles: its crops around the tiles,
-    preconditioned (c_in · crop at the context σ), the network's noise input at that σ, and the
-    crops' boxes in whole-video units."""
-
-    x: torch.Tensor  # (T, 3, *patch) c_in-scaled crops
-    c_noise: torch.Tensor  # () ln(σ_context) / 4
-    offset: torch.Tensor  # (T, 3) box offsets
-    size: torch.Tensor  # (T, 3) box sizes
-
-    def tiles(self, sl: slice) -> ContextCrop:
-        """The context of a slice of the tiles."""
-        return ContextCrop(self.x[sl], self.c_noise, self.offset[sl], self.size[sl])
-
-    def twice(self) -> ContextCrop:
-        """The context for a conditional and an unconditional pass in one batch."""
-        return ContextCrop(
-            torch.cat([self.x] * 2), self.c_noise, torch.cat([self.offset] * 2), torch.cat([self.size] * 2)
-        )
 
 
 def context_sigma(s: SampleConfig) -> float:
@@ -118,6 +108,215 @@ def level_steps(s: SampleConfig, level: int, steps: int | list[int] | None = Non
     return max(s.min_steps, n >> level) if s.halve_steps else n
 
 
+def sigma_plan(s: SampleConfig, level: int, steps: int) -> torch.Tensor:
+    """Level `level`'s σ schedule: Karras from `sigma_max`, or from `start_sigma` with a truncated
+    start (levels >= 1 start from the coarser level, see `Cascade._start`)."""
+    return karras_sigmas(steps, s.sigma_min, start_sigma(s, level) or s.sigma_max, s.rho)
+
+
+def start_sigma(s: SampleConfig, level: int) -> float:
+    """The truncated start's σ at `level` (0: a plain start from pure noise at sigma_max)."""
+    if level == 0:
+        return 0.0
+    return float(s.start_sigma[level] if isinstance(s.start_sigma, list) else s.start_sigma)
+
+
+class Cond(NamedTuple):
+    """The condition of a batch of videos or tiles: class ids (N,) and/or text tokens (N, T, d)."""
+
+    labels: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+
+    def rows(self, index) -> Cond:
+        return Cond(*(t[index] if t is not None else None for t in self))
+
+    def null(self, null_class: int) -> Cond:
+        """The unconditional branch of classifier-free guidance: the null class, zero text."""
+        return Cond(
+            torch.full_like(self.labels, null_class) if self.labels is not None else None,
+            torch.zeros_like(self.text) if self.text is not None else None,
+        )
+
+    def given(self) -> bool:
+        return self.labels is not None or self.text is not None
+
+
+class ContextCrop(NamedTuple):
+    """One finished coarser level as context for every tile: its crops around the tiles,
+    preconditioned (c_in · crop at the context σ), the network's noise input at that σ, and the
+    crops' boxes."""
+
+    x: torch.Tensor  # (N, 3, *patch) c_in-scaled crops
+    c_noise: torch.Tensor  # () ln(σ_context) / 4
+    boxes: Boxes  # (N, 3)
+
+
+class Tiling:
+    """A level's canvas cut into tiles (paper §4.4): for `num` videos, the tiles' pixel offsets
+    (num·T, 3), video `index`, `boxes`, the tile batches, and how many tiles cover each voxel."""
+
+    def __init__(self, canvas, tiles: torch.Tensor, num: int, patch, tile_batch: int, device):
+        T = len(tiles)
+        self.canvas, self.patch = tuple(canvas), tuple(patch)
+        self.tiles = tiles.repeat(num, 1)
+        self.index = torch.arange(num).repeat_interleave(T).to(device)
+        self.boxes = Boxes.on_grid(self.tiles, canvas, patch).to(device)
+        self.batches = [slice(a, a + tile_batch) for a in range(0, num * T, tile_batch)]
+        ones = torch.ones(num * T, 1, *patch, device=device)
+        self.counts = paste_add(torch.zeros(num, 1, *canvas, device=device), ones, self.tiles, self.index)
+
+    def crop(self, y: torch.Tensor) -> torch.Tensor:
+        return crop(y, self.tiles, self.patch, self.index)
+
+    def average(self, tiles: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Tiles (num·T, C, *patch) pasted on a canvas shaped `like` and averaged over overlaps."""
+        return paste_add(torch.zeros_like(like), tiles, self.tiles, self.index) / self.counts
+
+
+class Branch:
+    """One network with one condition over a level's tiles: F(c_in·y, c_noise) of tile batch j,
+    with the tiles' context from the coarser levels (computed once per batch and kept when
+    `cache`) and, when the network self-conditions, each batch's latents from its previous call."""
+
+    def __init__(
+        self, net: HPDM, level: int, tiling: Tiling, coarse: Sequence[ContextCrop], cond: Cond, cache: bool
+    ):
+        self.net, self.level, self.tiling, self.coarse = net, level, tiling, coarse
+        self.cond = cond.rows(tiling.index)  # per tile
+        self.cache = [self._context(sl) for sl in tiling.batches] if cache and level > 0 else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget self-conditioning's latents (another network denoised in between)."""
+        self.carry = [LatentCarry() if self.net.self_cond is not None else None for _ in self.tiling.batches]
+
+    def _context(self, sl: slice) -> LevelContext | None:
+        if self.level == 0:
+            return None
+        cs, boxes = self.coarse, self.tiling.boxes[sl]
+        x = torch.stack([c.x[sl] for c in cs], dim=1)
+        c_noise = torch.stack([c.c_noise.expand(len(boxes)) for c in cs], dim=1).to(x.device)
+        coarse_boxes = Boxes.stack([c.boxes[sl] for c in cs], dim=1)
+        return self.net.level_context(x, c_noise, coarse_boxes, boxes, *self.cond.rows(sl))
+
+    def __call__(self, j: int, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        sl = self.tiling.batches[j]
+        ctx = self.cache[j] if self.cache is not None else self._context(sl)
+        args = (x, c_noise, self.tiling.boxes[sl], self.level, ctx, *self.cond.rows(sl))
+        out = self.net.forward_level(*args, latents=self.carry[j])
+        if self.carry[j] is not None:
+            self.carry[j] = self.carry[j].next()
+        return out
+
+
+class Switch:
+    """Experts by noise level: branch `inside` at the steps with σ in `interval`, `outside` at the
+    others; a network's self-conditioning latents restart when it takes over."""
+
+    def __init__(self, inside: Branch, outside: Branch, interval: Sequence[float] | None):
+        self.inside, self.outside, self.interval, self.last = inside, outside, interval, None
+
+    def at(self, sigma: float) -> Branch:
+        branch = self.inside if within(sigma, self.interval) else self.outside
+        if self.last is not None and self.last is not branch:
+            branch.reset()
+        self.last = branch
+        return branch
+
+
+def within(sigma: float, interval: Sequence[float] | None) -> bool:
+    return interval is None or interval[0] <= sigma <= interval[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Guidance: small functions of the network's output for a tile batch and the step, in a list.
+# The denoised tiles are D = c_skip·y + c_out·F with c_skip, c_out shared by every branch, so a
+# guidance rule on the outputs F is the same rule on the denoised D (and averaging tiles on the
+# canvas is linear, so it commutes with them).
+
+
+class Step:
+    """One denoiser call on one tile batch: the network input `x` (c_in·y), the noise level
+    `sigma`, and the outputs of the named branches (`step["cond"]`, `step["uncond"]`,
+    `step["guide"]`), each computed once, when first asked."""
+
+    def __init__(self, x: torch.Tensor, sigma: float, outputs: dict[str, Callable[[], torch.Tensor]]):
+        self.x, self.sigma, self._outputs, self._done = x, sigma, outputs, {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._done:
+            self._done[name] = self._outputs[name]()
+        return self._done[name]
+
+
+Guidance = Callable[[torch.Tensor, Step], torch.Tensor]
+
+
+def classifier_free(scale: float, interval: Sequence[float] | None = None) -> Guidance:
+    """Classifier-free guidance (Ho & Salimans 2022), D_u + w(D − D_u), at the steps with σ in
+    `interval` (Kynkäänniemi et al. 2024; every step when None)."""
+
+    def guide(out: torch.Tensor, step: Step) -> torch.Tensor:
+        if not within(step.sigma, interval):
+            return out
+        uncond = step["uncond"]
+        return uncond + scale * (out - uncond)
+
+    return guide
+
+
+def autoguidance(scale: float, interval: Sequence[float] | None = None) -> Guidance:
+    """Autoguidance (Karras et al. 2024): D + (w − 1)(D_cond − D_guide), a weaker model as the guide."""
+
+    def guide(out: torch.Tensor, step: Step) -> torch.Tensor:
+        if not within(step.sigma, interval):
+            return out
+        return out + (scale - 1.0) * (step["cond"] - step["guide"])
+
+    return guide
+
+
+class TiledDenoiser:
+    """D(y, σ) of a level's canvas y (B, 3, *canvas) in its scaled space (paper §4.4): crop the
+    tiles, run each tile batch through the branches the guidance asks for, apply `guidance` in
+    order to the conditional output, precondition, and average on the canvas."""
+
+    def __init__(self, tiling: Tiling, branches: dict, guidance: Sequence[Guidance], sigma_data):
+        self.tiling, self.branches, self.guidance, self.sigma_data = tiling, branches, guidance, sigma_data
+
+    def __call__(self, y: torch.Tensor, sigma: float) -> torch.Tensor:
+        c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), self.sigma_data)
+        active = {k: b.at(sigma) if isinstance(b, Switch) else b for k, b in self.branches.items()}
+        y_tiles = self.tiling.crop(y)
+        out = torch.empty_like(y_tiles)
+        for j, sl in enumerate(self.tiling.batches):
+            x = c_in * y_tiles[sl]
+            cn = c_noise.expand(len(x)).to(x.device)
+            step = Step(x, sigma, {k: partial(b, j, x, cn) for k, b in active.items()})
+            F_out = step["cond"]
+            for rule in self.guidance:
+                F_out = rule(F_out, step)
+            out[sl] = c_skip * y_tiles[sl] + c_out * F_out
+        return self.tiling.average(out, y)
+
+
+def pyramid_consistency(
+    denoise: Denoiser, coarse: torch.Tensor, axes, strength: float, min_sigma: float
+) -> Denoiser:
+    """`denoise`, then the canvas moved towards what the finished coarser level (`coarse`, in this
+    level's scaled space) says its 2x area average is: D + strength · up(coarse − down(D)), at
+    the steps with σ >= min_sigma."""
+
+    def consistent(y: torch.Tensor, sigma: float) -> torch.Tensor:
+        D = denoise(y, sigma)
+        if sigma < min_sigma:
+            return D
+        miss = coarse - downsample2(D, axes)
+        return D + strength * F.interpolate(miss, size=D.shape[-3:], mode="trilinear", align_corners=False)
+
+    return consistent
+
+
 # ---------------------------------------------------------------------------------------------
 # The tiled cascade
 
@@ -150,6 +349,8 @@ class LevelPlan:
     tiles: torch.Tensor  # (T, 3) pixel offsets
     steps: int
     heun: bool
+    sigmas: torch.Tensor  # (steps + 1,) the σ schedule, ending at 0
+    start: float  # σ of a truncated start (0: from pure noise)
 
 
 @dataclass
@@ -164,52 +365,49 @@ class Generation:
         return self.levels[-1]
 
 
-class Cascade:
-    """Coarse-to-fine tiled generation with a trained HPDM."""
+def video_generators(seed: int, num: int) -> list[torch.Generator]:
+    """One generator per video: a video depends on (seed, its position), never on the batch size."""
+    return [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(num)]
 
-    def __init__(
-        self,
-        model: HPDM,
-        cfg: Config,
-        device=None,
-        guide: HPDM | None = None,
-        base: HPDM | None = None,
-    ):
-        """`guide`: the weaker model for autoguidance at level 0; by default the checkpoint that
-        `cfg.sample.guide` names (none when null). `base`: a separate model that samples level 0;
-        by default the checkpoint that `cfg.sample.base` names (none when null: `model` does)."""
+
+class _Run(NamedTuple):
+    """What every level of one `generate` call shares."""
+
+    geo: PyramidGeometry
+    diffusion: Diffusion
+    cond: Cond
+    gens: list[torch.Generator]
+    progress: bool
+
+
+class Cascade:
+    """Coarse-to-fine tiled generation with one trained HPDM (paper §4.4)."""
+
+    def __init__(self, model: HPDM, cfg: Config, device=None):
         self.model = model.eval()
         self.cfg = cfg
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.patch = tuple(cfg.pyramid.patch)
-        self.guide = self._companion(guide, "guide")
-        self.base = self._companion(base, "base")
-
-    def _companion(self, net: HPDM | None, key: str) -> HPDM | None:
-        path = getattr(self.cfg.sample, key)
-        if net is None and path:
-            from hpdm.checkpoint import load_model
-
-            net, net_cfg = load_model(
-                path, device=self.device, overrides=["sample.guide=null", "sample.base=null"]
-            )
-            check_companion(self.cfg, net_cfg, key)
-        return net.eval() if net is not None else None
 
     def plan(self, geo: PyramidGeometry, overlap: str, steps: int | list[int] | None) -> list[LevelPlan]:
         s = self.cfg.sample
         if steps is not None:
             check_steps(steps, geo.num_levels)
-        return [
-            LevelPlan(
-                level=lvl,
-                canvas=geo.level_sizes[lvl],
-                tiles=tile_offsets(geo.level_sizes[lvl], self.patch, overlap, s.tile_stride),
-                steps=level_steps(s, lvl, steps),
-                heun=(s.sampler0 if lvl == 0 else s.sampler) == "heun",
+        plans = []
+        for lvl in range(geo.num_levels):
+            n = level_steps(s, lvl, steps)
+            plans.append(
+                LevelPlan(
+                    level=lvl,
+                    canvas=geo.level_sizes[lvl],
+                    tiles=tile_offsets(geo.level_sizes[lvl], self.patch, overlap, s.tile_stride),
+                    steps=n,
+                    heun=(s.sampler0 if lvl == 0 else s.sampler) == "heun",
+                    sigmas=sigma_plan(s, lvl, n),
+                    start=start_sigma(s, lvl),
+                )
             )
-            for lvl in range(geo.num_levels)
-        ]
+        return plans
 
     @torch.no_grad()
     def generate(
@@ -225,68 +423,57 @@ class Cascade:
         cache: str | None = None,
         progress: bool = True,
         given: list[torch.Tensor] | None = None,
+        generators: list[torch.Generator] | None = None,
     ) -> Generation:
         """`guidance`: classifier-free guidance scale (1 = off), or one per level. `given`: the
         coarsest levels, already made (each (num, 3, *V^ℓ) in [-1, 1], e.g. a real video
         made with `hpdm.pyramid.level_videos`): they are kept as they are and only the
-        finer levels are sampled, as a super-resolution of them."""
+        finer levels are sampled, as a super-resolution of them. `generators`: the videos' random
+        streams (default `video_generators(seed, num)`), for a caller that sampled `given` from them."""
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise ValueError(f"num={num!r}: give the number of videos to generate, a whole number >= 1")
         s = self.cfg.sample
-        overlap = overlap or s.overlap
-        guidance = s.cfg if guidance is None else guidance
-        cache = cache or s.cache
+        overlap, cache = overlap or s.overlap, cache or s.cache
         geo = output_geometry(self.cfg, size)
-        diffusion = Diffusion(self.cfg.diffusion, geo)
-        labels_t = self._labels(labels, num)
-        if text is not None:
-            text = text.to(self.device)
         plans = self.plan(geo, overlap, steps)
-        given = list(given or [])
-        if len(given) >= len(plans):
-            raise ValueError(
-                f"got {len(given)} given levels for {len(plans)} levels; leave at least one to sample"
-            )
-        for lvl, x in enumerate(given):
-            want = (num, 3, *geo.level_sizes[lvl])
-            if tuple(x.shape) != want:
-                raise ValueError(
-                    f"given level {lvl} has shape {tuple(x.shape)}; this generation needs {want} "
-                    f"(num, channels, frames, height, width) in [-1, 1]"
-                )
-        if isinstance(guidance, list | tuple):
-            if len(guidance) != len(plans):
-                raise ValueError(
-                    f"got {len(guidance)} guidance scales for {len(plans)} levels; give one scale or one per level"
-                )
-            scales = [float(g) for g in guidance]
-        else:
-            scales = [float(guidance)] * len(plans)
-        # One generator per video: a video depends on (seed, its position), never on the batch size.
-        gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(num)]
+        given = self._check_given(list(given or []), geo, num, len(plans))
+        scales = guidance_scales(s.cfg if guidance is None else guidance, len(plans))
+        gens = generators or video_generators(seed, num)
+        text = text.to(self.device) if text is not None else None
+        run = _Run(
+            geo, Diffusion(self.cfg.diffusion, geo), Cond(self._labels(labels, num), text), gens, progress
+        )
         finished: list[torch.Tensor] = []  # scaled-space (y) canvases of finished levels
         ctx_levels: list[torch.Tensor] = []  # the same at the context noise level
         for plan, scale in zip(plans, scales):
             if plan.level < len(given):
-                y = given[plan.level].to(self.device, torch.float32) / float(diffusion.sigma_in[plan.level])
-            else:
-                y = self._sample_level(
-                    plan, geo, diffusion, finished, ctx_levels, labels_t, text, gens, scale, cache, progress
+                y = given[plan.level].to(self.device, torch.float32) / float(
+                    run.diffusion.sigma_in[plan.level]
                 )
+            else:
+                denoise = self.level_denoiser(plan, run, finished, ctx_levels, scale, cache)
+                y = sample_level(plan, denoise, self._start(plan, run, finished), s, gens, progress)
             finished.append(y)
-            sig_c = context_sigma(s)
             eps = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(self.device)
-            ctx_levels.append(y + sig_c * eps)
-        levels = [(y * diffusion.sigma_in[lvl]).clamp(-1, 1).cpu() for lvl, y in enumerate(finished)]
-        settings = {
-            "num": num,
+            ctx_levels.append(y + context_sigma(s) * eps)
+        levels = [(y * run.diffusion.sigma_in[lvl]).clamp(-1, 1).cpu() for lvl, y in enumerate(finished)]
+        settings = self.settings(plans, run, seed, overlap, guidance, cache, len(given))
+        return Generation(levels, settings)
+
+    def settings(self, plans, run: _Run, seed, overlap, guidance, cache, given_levels) -> dict:
+        """What a generation was made with (saved next to its videos as settings.json)."""
+        s = self.cfg.sample
+        return {
+            "num": len(run.gens),
             "seed": seed,
-            "size": list(geo.target),
+            "size": list(run.geo.target),
             "overlap": overlap,
-            "guidance": list(guidance) if isinstance(guidance, list | tuple) else guidance,
+            "guidance": list(guidance)
+            if isinstance(guidance, list | tuple)
+            else (s.cfg if guidance is None else guidance),
             "cache": cache,
-            "given_levels": len(given),
-            "labels": labels_t.tolist() if labels_t is not None else None,
+            "given_levels": given_levels,
+            "labels": run.cond.labels.tolist() if run.cond.labels is not None else None,
             "levels": [
                 {
                     "level": p.level,
@@ -299,7 +486,81 @@ class Cascade:
             ],
             "sample": self.cfg.to_dict()["sample"],
         }
-        return Generation(levels, settings)
+
+    def _check_given(self, given: list[torch.Tensor], geo, num: int, levels: int) -> list[torch.Tensor]:
+        if len(given) >= levels:
+            raise ValueError(
+                f"got {len(given)} given levels for {levels} levels; leave at least one to sample"
+            )
+        for lvl, x in enumerate(given):
+            want = (num, 3, *geo.level_sizes[lvl])
+            if tuple(x.shape) != want:
+                raise ValueError(
+                    f"given level {lvl} has shape {tuple(x.shape)}; this generation needs {want} "
+                    f"(num, channels, frames, height, width) in [-1, 1]"
+                )
+        return given
+
+    def level_denoiser(
+        self, plan: LevelPlan, run: _Run, finished, ctx_levels, scale: float, cache: str
+    ) -> Denoiser:
+        """Level `plan.level`'s denoiser: the network tiled over the canvas, conditional (and
+        unconditional with classifier-free guidance), then pyramid consistency when it is on."""
+        s = self.cfg.sample
+        tiling = self.tiling(plan, run)
+        coarse = self.coarse_context(plan, run, tiling, ctx_levels)
+        use_cfg = scale != 1.0 and run.cond.given()
+        branches = self.branches(self.model, plan, run, tiling, coarse, use_cfg, cache)
+        guidance = [classifier_free(scale, s.cfg_interval)] if use_cfg else []
+        denoise = TiledDenoiser(tiling, branches, guidance, run.diffusion.sigma_data[plan.level])
+        if plan.level > 0 and s.consistency > 0:
+            target = run.diffusion.rescale(finished[plan.level - 1], plan.level - 1, plan.level)
+            axes = run.geo.grown_axes(plan.level)
+            denoise = pyramid_consistency(denoise, target, axes, s.consistency, s.consistency_sigma)
+        return denoise
+
+    def tiling(self, plan: LevelPlan, run: _Run) -> Tiling:
+        return Tiling(
+            plan.canvas,
+            plan.tiles,
+            len(run.gens),
+            self.patch,
+            max(1, self.cfg.sample.tile_batch),
+            self.device,
+        )
+
+    def branches(
+        self, net: HPDM, plan: LevelPlan, run: _Run, tiling: Tiling, coarse, use_cfg: bool, cache: str
+    ):
+        """`net` over the tiles: {"cond": …} and with classifier-free guidance {"uncond": …}; their
+        contexts are cached when `cache` is "context" and both fit `sample.cache_budget_mb`."""
+        conds = {"cond": run.cond} | ({"uncond": run.cond.null(net.null_class())} if use_cfg else {})
+        need = net.context_bytes(len(tiling.tiles), plan.level) * len(conds)
+        keep = cache == "context" and need <= self.cfg.sample.cache_budget_mb * 2**20
+        return {k: Branch(net, plan.level, tiling, coarse, c, keep) for k, c in conds.items()}
+
+    def coarse_context(self, plan: LevelPlan, run: _Run, tiling: Tiling, ctx_levels) -> list[ContextCrop]:
+        """For every tile, the crop of each finished coarser level that contains it (DESIGN §5)."""
+        sig = torch.tensor(context_sigma(self.cfg.sample))
+        out = []
+        for k in range(plan.level):
+            pix = context_offsets(run.geo, plan.level, tiling.tiles, k)
+            boxes = Boxes.on_grid(pix, run.geo.level_sizes[k], self.patch).to(self.device)
+            _, _, c_in, c_noise = edm_coefficients(sig, run.diffusion.sigma_data[k])
+            out.append(ContextCrop(crop(ctx_levels[k], pix, self.patch, tiling.index) * c_in, c_noise, boxes))
+        return out
+
+    def _start(self, plan: LevelPlan, run: _Run, finished: list[torch.Tensor]) -> torch.Tensor:
+        """The unit noise a level starts from; with a truncated start (SDEdit) plus the coarser
+        level, upsampled into this level's scaled space, over σ_start (the sampler multiplies by it)."""
+        noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in run.gens]).to(self.device)
+        if plan.start > 0:
+            prev = run.diffusion.rescale(finished[plan.level - 1], plan.level - 1, plan.level)
+            noise = (
+                noise
+                + F.interpolate(prev, size=plan.canvas, mode="trilinear", align_corners=False) / plan.start
+            )
+        return noise
 
     def _labels(self, labels, num: int) -> torch.Tensor | None:
         nc = self.cfg.model.num_classes
@@ -319,254 +580,130 @@ class Cascade:
             raise ValueError(f"class id {int(bad[0])} is out of range: this model has classes 0..{nc - 1}")
         return t.to(self.device)
 
-    def _sample_level(
+
+def sample_level(
+    plan: LevelPlan, denoise: Denoiser, noise: torch.Tensor, s: SampleConfig, gens, progress: bool
+):
+    """One level's canvas (B, 3, *canvas) in scaled space, by the EDM sampler from `noise`."""
+    evals = plan.steps * (2 if plan.heun else 1) - (1 if plan.heun else 0)
+    desc = f"level {plan.level} ({len(plan.tiles)} tiles x {evals} evals)"
+    bar = tqdm(total=plan.steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+
+    def randn() -> torch.Tensor:
+        return torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(noise.device)
+
+    y = edm_sampler(
+        denoise,
+        noise,
+        plan.sigmas,
+        heun=plan.heun,
+        S_churn=s.S_churn if plan.heun else 0.0,
+        S_tmin=s.S_tmin,
+        S_tmax=s.S_tmax,
+        S_noise=s.S_noise,
+        randn=randn,
+        on_step=lambda: bar.update(1),
+    )
+    bar.close()
+    return y
+
+
+def guidance_scales(guidance: float | list[float], levels: int) -> list[float]:
+    """One classifier-free guidance scale per level, from one scale or a list."""
+    if isinstance(guidance, list | tuple):
+        if len(guidance) != levels:
+            raise ValueError(
+                f"got {len(guidance)} guidance scales for {levels} levels; give one scale or one per level"
+            )
+        return [float(g) for g in guidance]
+    return [float(guidance)] * levels
+
+
+class Sampler:
+    """What `hpdm sample` runs: the `Cascade` of a model, with level 0 sampled together with the
+    companions its config names — a separate level-0 model (`sample.base`, at the steps with σ in
+    `sample.base_interval`; not in the paper) and an autoguidance guide (`sample.guide`). Level 0
+    is then handed to the cascade as given, drawn from the same per-video random streams."""
+
+    def __init__(
+        self, model: HPDM, cfg: Config, device=None, guide: HPDM | None = None, base: HPDM | None = None
+    ):
+        """`guide`/`base`: by default the checkpoints that `cfg.sample.guide`/`base` name (none when null)."""
+        self.cascade = Cascade(model, cfg, device)
+        self.cfg, self.device = cfg, self.cascade.device
+        self.guide = self._companion(guide, "guide")
+        self.base = self._companion(base, "base")
+
+    def _companion(self, net: HPDM | None, key: str) -> HPDM | None:
+        path = getattr(self.cfg.sample, key)
+        if net is None and path:
+            from hpdm.checkpoint import load_model
+
+            net, net_cfg = load_model(
+                path, device=self.device, overrides=["sample.guide=null", "sample.base=null"]
+            )
+            check_companion(self.cfg, net_cfg, key)
+        return net.eval() if net is not None else None
+
+    @torch.no_grad()
+    def generate(self, num: int = 1, **kw) -> Generation:
+        """As `Cascade.generate`."""
+        auto = self.guide is not None and self.cfg.sample.guide_scale != 1.0
+        if kw.get("given") or (not auto and self.base is None):
+            return self.cascade.generate(num, **kw)
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"num={num!r}: give the number of videos to generate, a whole number >= 1")
+        gens = video_generators(kw.get("seed", 0), num)
+        level0, plans, run = self.level0(num, gens, auto, **kw)
+        if len(plans) == 1:  # a one-level model: level 0 is the video
+            s = self.cfg.sample
+            guidance, seed = kw.get("guidance"), kw.get("seed", 0)
+            settings = self.cascade.settings(
+                plans, run, seed, kw.get("overlap") or s.overlap, guidance, kw.get("cache") or s.cache, 0
+            )
+            return Generation([level0.clamp(-1, 1).cpu()], settings)
+        gen = self.cascade.generate(num, **kw, given=[level0], generators=gens)
+        gen.settings["given_levels"] = 0
+        return gen
+
+    def level0(
         self,
-        plan: LevelPlan,
-        geo,
-        diffusion: Diffusion,
-        finished,
-        ctx_levels,
-        labels,
-        text,
+        num,
         gens,
-        guidance: float,
-        cache: str,
-        progress: bool,
-    ) -> torch.Tensor:
-        s = self.cfg.sample
-        B, lvl, T = len(gens), plan.level, len(plan.tiles)
-        dev = self.device
-        tiles = plan.tiles.repeat(B, 1)  # (B*T, 3)
-        index = torch.arange(B).repeat_interleave(T)  # video of each tile
-        t_off, t_size = pixel_boxes(tiles, plan.canvas, self.patch)
-        # Context crops of every finished coarser level that contain each tile (DESIGN §5).
-        coarse = []
-        for k in range(lvl):
-            pix = context_offsets(geo, lvl, tiles, k)
-            off, size = pixel_boxes(pix, geo.level_sizes[k], self.patch)
-            sd = diffusion.sigma_data[k]
-            sig_c = context_sigma(s)
-            _, _, c_in, c_noise = edm_coefficients(torch.tensor(sig_c), sd)
-            coarse.append(
-                ContextCrop(crop(ctx_levels[k], pix, self.patch, index.to(dev)) * c_in, c_noise, off, size)
-            )
-        tile_labels = labels[index.to(labels.device)] if labels is not None else None
-        tile_text = text[index.to(text.device)] if text is not None else None
-        use_cfg = guidance != 1.0 and (labels is not None or text is not None)
-        # autoguidance: level 0 only (the guide sees no context)
-        auto = s.guide_scale if lvl == 0 and self.guide is not None and s.guide_scale != 1.0 else None
-
-        chunk = max(1, s.tile_batch)
-        starts = list(range(0, B * T, chunk))
-        contexts = None
-        if lvl > 0 and cache == "context" and self.model.deep:
-            contexts = self._build_cache(
-                coarse, t_off, t_size, tile_labels, tile_text, use_cfg, starts, chunk
-            )
-
-        sd = diffusion.sigma_data[lvl]
-        counts = paste_add(
-            torch.zeros(B, 1, *plan.canvas, device=dev),
-            torch.ones(B * T, 1, *self.patch, device=dev),
-            tiles,
-            index,
+        auto: bool,
+        labels=None,
+        text=None,
+        size=None,
+        steps=None,
+        overlap=None,
+        guidance=None,
+        progress=True,
+        **_,
+    ) -> tuple[torch.Tensor, list[LevelPlan], _Run]:
+        """Level 0 (num, 3, *V^0), sampled with the base model and the guide; the generation's
+        plans and run."""
+        c, s = self.cascade, self.cfg.sample
+        geo = output_geometry(self.cfg, size)
+        plans = c.plan(geo, overlap or s.overlap, steps)
+        plan = plans[0]
+        text = text.to(self.device) if text is not None else None
+        run = _Run(
+            geo, Diffusion(self.cfg.diffusion, geo), Cond(c._labels(labels, num), text), gens, progress
         )
-
-        # latent self-conditioning: each tile's (and guidance branch's) latents of the previous
-        # denoiser call initialise its next call's
-        latents: list[torch.Tensor | None] = [None] * len(starts)
-
-        interval, a_iv, b_iv = s.cfg_interval, s.guide_interval, s.base_interval
-        last_net = [None]  # which network made `latents` (self-conditioning does not cross models)
-        consistent, axes = None, None  # the finished coarser level, in this level's scaled space
-        if lvl > 0 and s.consistency > 0:
-            axes = geo.grown_axes(lvl)
-            consistent = diffusion.rescale(finished[lvl - 1], lvl - 1, lvl)
-
-        def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
-            c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd)
-            guided = use_cfg and (interval is None or interval[0] <= sigma <= interval[1])
-            on_base = lvl == 0 and self.base is not None and (b_iv is None or b_iv[0] <= sigma <= b_iv[1])
-            if last_net[0] is not None and last_net[0] != on_base:
-                latents[:] = [None] * len(latents)
-            last_net[0] = on_base
-            y_tiles = crop(y, tiles, self.patch, index.to(dev))
-            out = torch.empty_like(y_tiles)
-            for j, a in enumerate(starts):
-                sl = slice(a, a + chunk)
-                n = y_tiles[sl].shape[0]
-                x, cn, off, size = (
-                    c_in * y_tiles[sl],
-                    c_noise.expand(n).to(dev),
-                    t_off[sl].to(dev),
-                    t_size[sl].to(dev),
-                )
-                F_out, latents[j], F_cond = self._net(
-                    lvl,
-                    x,
-                    cn,
-                    off,
-                    size,
-                    [c.tiles(sl) for c in coarse],
-                    _context(contexts, j, n, use_cfg, guided),
-                    tile_labels,
-                    tile_text,
-                    sl,
-                    guidance if guided else None,
-                    latents[j],
-                    on_base,
-                )
-                if auto is not None and (a_iv is None or a_iv[0] <= sigma <= a_iv[1]):
-                    # D + (w - 1)(D_cond - D_guide): c_skip, c_out are shared
-                    lab = tile_labels[sl] if tile_labels is not None else None
-                    txt = tile_text[sl] if tile_text is not None else None
-                    F_guide = self.guide.forward_level(x, cn, off, size, 0, None, lab, txt)
-                    F_out = F_out + (auto - 1.0) * (F_cond - F_guide)
-                out[sl] = c_skip * y_tiles[sl] + c_out * F_out
-            canvas = paste_add(torch.zeros_like(y), out, tiles, index) / counts
-            if consistent is not None and sigma >= s.consistency_sigma:
-                # pyramid consistency: what the coarser level says this canvas's 2x average is
-                miss = consistent - downsample2(canvas, axes)
-                up = F.interpolate(miss, size=canvas.shape[-3:], mode="trilinear", align_corners=False)
-                canvas = canvas + s.consistency * up
-            return canvas
-
-        start = (s.start_sigma[lvl] if isinstance(s.start_sigma, list) else s.start_sigma) if lvl > 0 else 0.0
-        truncated = start > 0
-        sigmas = karras_sigmas(plan.steps, s.sigma_min, start if truncated else s.sigma_max, s.rho)
-        noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
-        if truncated:  # SDEdit: start from the coarser level, upsampled, noised to start_sigma
-            prev = diffusion.rescale(finished[lvl - 1], lvl - 1, lvl)
-            up = F.interpolate(prev, size=plan.canvas, mode="trilinear", align_corners=False)
-            noise = noise + up / start  # edm_sampler starts from noise * σ_0
-        evals = plan.steps * (2 if plan.heun else 1) - (1 if plan.heun else 0)
-        bar = tqdm(
-            total=plan.steps,
-            desc=f"level {lvl} ({T} tiles x {evals} evals)",
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-
-        def randn() -> torch.Tensor:
-            return torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in gens]).to(dev)
-
-        y = edm_sampler(
-            denoise,
-            noise,
-            sigmas,
-            heun=plan.heun,
-            S_churn=s.S_churn if plan.heun else 0.0,
-            S_tmin=s.S_tmin,
-            S_tmax=s.S_tmax,
-            S_noise=s.S_noise,
-            randn=randn,
-            on_step=lambda: bar.update(1),
-        )
-        bar.close()
-        return y
-
-    def _net(self, lvl, x, c_noise, off, size, coarse, context, labels, text, sl, guidance, prev, base=False):
-        """F(c_in·y) of a batch of level-`lvl` tiles, with classifier-free guidance when asked.
-
-        Returns (F, latents, F_cond): the latents (None unless the model self-conditions) are fed
-        back as `prev` at the next call; with guidance they stack the conditional and
-        unconditional branches. F_cond is the conditional output alone (= F without guidance).
-        `base`: level 0 by the base model.
-        """
-        lab = labels[sl] if labels is not None else None
-        txt = text[sl] if text is not None else None
-        if guidance is None:
-            out, lat = self._call(lvl, x, c_noise, off, size, coarse, context, lab, txt, prev, base)
-            return out, lat, out
-        n = x.shape[0]
-        null = (self.base if base else self.model).null_class()
-        null_lab = torch.full_like(lab, null) if lab is not None else None
-        null_txt = torch.zeros_like(txt) if txt is not None else None
-        dup = lambda t: torch.cat([t, t]) if t is not None else None  # noqa: E731
-        both_lab = torch.cat([lab, null_lab]) if lab is not None else None
-        both_txt = torch.cat([txt, null_txt]) if txt is not None else None
-        coarse2 = [c.twice() for c in coarse]
-        out, lat = self._call(
-            lvl, dup(x), dup(c_noise), dup(off), dup(size), coarse2, context, both_lab, both_txt, prev, base
-        )
-        cond, uncond = out[:n], out[n:]
-        return uncond + guidance * (cond - uncond), lat, cond
-
-    def _call(self, lvl, x, c_noise, off, size, coarse, context, labels, text, prev=None, base=False):
-        if base:
-            sc = self.base.self_cond is not None
-            res = self.base.forward_level(
-                x, c_noise, off, size, 0, None, labels, text, prev=prev, return_latents=sc
-            )
-            return res if sc else (res, None)
-        sc = self.model.self_cond is not None
-        if lvl == 0 or context is not None:
-            pixels = None
-            if lvl > 0 and self.model.pixels:  # the previous level's crop, onto this tile
-                c = coarse[-1]
-                pixels = self.model.resample_pixels(
-                    c.x, c.offset.to(x.device), c.size.to(x.device), off, size
-                )
-            res = self.model.forward_level(
-                x, c_noise, off, size, lvl, context, labels, text, prev=prev, return_latents=sc, pixels=pixels
-            )
-            return res if sc else (res, None)
-        n = x.shape[0]
-        xs = torch.stack([c.x for c in coarse] + [x], dim=1)
-        cn = torch.stack([c.c_noise.expand(n).to(x.device) for c in coarse] + [c_noise], dim=1)
-        offs = torch.stack([c.offset.to(x.device) for c in coarse] + [off], dim=1)
-        sizes = torch.stack([c.size.to(x.device) for c in coarse] + [size], dim=1)
-        if not sc:
-            return self.model(xs, cn, offs, sizes, labels, text)[:, -1], None
-        # coarse levels are not self-conditioned at sampling (training leaves 1 - rate of them out)
-        prev_all = mask = None
-        if prev is not None:
-            prev_all = torch.zeros(n, lvl + 1, *prev.shape[1:], device=x.device, dtype=prev.dtype)
-            prev_all[:, -1] = prev
-            mask = torch.zeros(n, lvl + 1, dtype=torch.bool, device=x.device)
-            mask[:, -1] = True
-        out, lat = self.model(
-            xs, cn, offs, sizes, labels, text, prev=prev_all, prev_mask=mask, return_latents=True
-        )
-        return out[:, -1], lat[:, -1]
-
-    def _build_cache(self, coarse, t_off, t_size, labels, text, use_cfg, starts, chunk):
-        """Fused context of every tile, per block, computed once for all steps of this level.
-
-        Returns a list (one per tile batch) of per-block contexts, or None when it would not fit
-        the memory budget (then every step recomputes the coarse levels).
-        """
-        n_total = t_off.shape[0] * (2 if use_cfg else 1)
-        blocks = sum(1 for v in self.model.levels_per_block if v > len(coarse))
-        need = n_total * blocks * self.model.num_tokens * self.model.cfg.dim * 4
-        if need > self.cfg.sample.cache_budget_mb * 2**20:
-            return None
-        dev = self.device
-        out = []
-        for a in starts:
-            sl = slice(a, a + chunk)
-            n = t_off[sl].shape[0]
-            xs = torch.stack([c.x[sl] for c in coarse], dim=1)
-            cn = torch.stack([c.c_noise.expand(n) for c in coarse], dim=1).to(dev)
-            offs = torch.stack([c.offset[sl] for c in coarse], dim=1).to(dev)
-            sizes = torch.stack([c.size[sl] for c in coarse], dim=1).to(dev)
-            lab = labels[sl] if labels is not None else None
-            txt = text[sl] if text is not None else None
-            if use_cfg:
-                cat2 = lambda t: torch.cat([t, t])  # noqa: E731
-                xs, cn, offs, sizes = cat2(xs), cat2(cn), cat2(offs), cat2(sizes)
-                lab = (
-                    torch.cat([lab, torch.full_like(lab, self.model.null_class())])
-                    if lab is not None
-                    else None
-                )
-                txt = torch.cat([txt, torch.zeros_like(txt)]) if txt is not None else None
-                tgt_o, tgt_s = cat2(t_off[sl].to(dev)), cat2(t_size[sl].to(dev))
-            else:
-                tgt_o, tgt_s = t_off[sl].to(dev), t_size[sl].to(dev)
-            out.append(self.model.context(xs, cn, offs, sizes, tgt_o, tgt_s, lab, txt))
-        return out
+        scale = guidance_scales(s.cfg if guidance is None else guidance, geo.num_levels)[0]
+        use_cfg = scale != 1.0 and run.cond.given()
+        tiling = c.tiling(plan, run)
+        branches = c.branches(c.model, plan, run, tiling, [], use_cfg, "none")
+        if self.base is not None:
+            base = c.branches(self.base, plan, run, tiling, [], use_cfg, "none")
+            branches = {k: Switch(base[k], b, s.base_interval) for k, b in branches.items()}
+        guidance = [classifier_free(scale, s.cfg_interval)] if use_cfg else []
+        if auto:
+            branches["guide"] = Branch(self.guide, 0, tiling, [], run.cond, cache=False)
+            guidance.append(autoguidance(s.guide_scale, s.guide_interval))
+        denoise = TiledDenoiser(tiling, branches, guidance, run.diffusion.sigma_data[0])
+        y = sample_level(plan, denoise, c._start(plan, run, []), s, gens, progress)
+        return y * run.diffusion.sigma_in[0], plans, run
 
 
 def coarse_from_videos(paths, cfg: Config, size: tuple[int, int, int] | None = None) -> torch.Tensor:
@@ -608,17 +745,7 @@ def check_companion(cfg: Config, other: Config, key: str = "guide") -> None:
         )
 
 
-def _context(contexts, j: int, n: int, built_guided: bool, guide: bool):
-    """Tile batch j's cached context. A cache built for guidance holds both branches (conditional
-    first); a step outside the guidance interval takes the conditional half."""
-    if contexts is None:
-        return None
-    ctx = contexts[j]
-    if guide or not built_guided:
-        return ctx
-    return [c[:n] if c is not None else None for c in ctx]
-
-
 def generate(model: HPDM, cfg: Config, **kwargs) -> Generation:
-    """Generate videos with a trained model; see `Cascade.generate` for the options."""
-    return Cascade(model, cfg).generate(**kwargs)
+    """Generate videos with a trained model (and the companions its config names); see
+    `Cascade.generate` for the options."""
+    return Sampler(model, cfg).generate(**kwargs)

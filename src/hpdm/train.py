@@ -37,6 +37,7 @@ from hpdm.config import Config, save_config
 from hpdm.data import batch_stream, build_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
+from hpdm.model.self_cond import SelfConditioned
 from hpdm.optim import build_optimizer, lr_lambda
 from hpdm.pyramid import PyramidGeometry, extract_patches, sample_boxes
 
@@ -128,6 +129,10 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = dist.wrap(self.model, cfg, self.ctx)
         self.ema = dist.wrap_ema(self.ema, self.ctx)  # sharded like the model under FSDP
+        # what the loss calls: the (wrapped) network, or with latent self-conditioning its two passes
+        self.denoiser = (
+            SelfConditioned(self.net, cfg.model.self_cond) if cfg.model.self_cond > 0 else self.net
+        )
         torch.manual_seed(t.seed + self.ctx.rank)
         self.opt = build_optimizer(self.net, t.optimizer, t.lr, t.weight_decay, t.betas)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -329,15 +334,7 @@ class Trainer:
             )
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
             loss, per_level, sigma = self.diffusion.loss(
-                self.net,
-                x,
-                boxes.offset,
-                boxes.size,
-                labels,
-                text,
-                loss_gens,
-                null_class=self.model.null_class(),
-                self_cond=self.cfg.model.self_cond,
+                self.denoiser, x, boxes, labels, text, loss_gens, null_class=self.model.null_class()
             )
         return loss, per_level, sigma
 
@@ -465,7 +462,7 @@ class Trainer:
 
         Call it on every rank: under FSDP the sharded EMA is gathered first (a collective)."""
         from hpdm.outputs import save_outputs
-        from hpdm.sampling import Cascade
+        from hpdm.sampling import Sampler
 
         ema = self.ema
         if self.ctx.mode == "fsdp":
@@ -476,7 +473,7 @@ class Trainer:
         if not self.ctx.is_main:
             return None
         n = num or max(1, min(8, self.cfg.model.num_classes or 4))
-        gen = Cascade(ema, self.cfg, self.device).generate(num=n, seed=0, progress=False)
+        gen = Sampler(ema, self.cfg, self.device).generate(num=n, seed=0, progress=False)
         out = self.out_dir / "samples" / f"step_{self.step:07d}"
         save_outputs(gen, out, self.cfg.sample.fps)
         return out

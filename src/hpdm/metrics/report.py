@@ -128,9 +128,9 @@ def fake_batches(
     model, cfg: Config, num: int, batch_size: int = 8, seed: int = 0, progress: bool = True, **gen_kwargs
 ) -> Iterator:
     """Generations in batches with classes cycling (balanced); yields `Generation` objects."""
-    from hpdm.sampling import Cascade
+    from hpdm.sampling import Sampler
 
-    cascade = Cascade(model, cfg)
+    cascade = Sampler(model, cfg)
     nc = cfg.model.num_classes
     for a in range(0, num, batch_size):
         n = min(batch_size, num - a)
