@@ -175,20 +175,18 @@ class Boxes:
     @staticmethod
     def stack(boxes: Sequence[Boxes], dim: int = 0) -> Boxes:
         """Boxes stacked along a new leading dim (e.g. coarse levels of the same tiles: dim=1)."""
-        pixels = [b.pixel for b in boxes]
-        pixel = torch.stack(pixels, dim) if all(p is not None for p in pixels) else None
-        return Boxes(
-            torch.stack([b.offset for b in boxes], dim), torch.stack([b.size for b in boxes], dim), pixel
-        )
+        return Boxes._join(torch.stack, boxes, dim)
 
     @staticmethod
     def cat(boxes: Sequence[Boxes], dim: int = 0) -> Boxes:
         """Boxes concatenated along an existing leading dim (tiles: dim=0, levels: dim=1)."""
+        return Boxes._join(torch.cat, boxes, dim)
+
+    @staticmethod
+    def _join(join, boxes: Sequence[Boxes], dim: int) -> Boxes:
         pixels = [b.pixel for b in boxes]
-        pixel = torch.cat(pixels, dim) if all(p is not None for p in pixels) else None
-        return Boxes(
-            torch.cat([b.offset for b in boxes], dim), torch.cat([b.size for b in boxes], dim), pixel
-        )
+        pixel = join(pixels, dim) if all(p is not None for p in pixels) else None
+        return Boxes(join([b.offset for b in boxes], dim), join([b.size for b in boxes], dim), pixel)
 
 
 def sample_boxes(

@@ -13,6 +13,10 @@ One block loop (`_blocks`) serves the three ways the network runs:
 - `level_context`: the finished coarser levels of a tile, once per level (sampling, paper §4.4);
 - `forward_level`: one level's tiles alone with that context (sampling).
 
+The sampler (`hpdm.sampling`) uses only `level_context`, `forward_level`, `context_bytes` (to
+size its cache), `null_class` and whether `self_cond` is set; any network with these can be
+sampled (tests/test_sampling.py samples a closed-form Gaussian denoiser this way).
+
 Options beyond the paper, each one switch (docs/extensions.md): `model.token_conv` (inside the
 block), `model.token_cond` (the conditioning added to every data token), `model.fusion`
 = shallow | deep+pixels (pixel context), `model.self_cond` (`self_cond.py`).
