@@ -134,7 +134,8 @@ def test_per_video_draws_are_the_videos_own_and_lognormal():
     assert ln.mean().item() == pytest.approx(0.4, abs=0.04) and ln.std().item() == pytest.approx(
         0.8, abs=0.04
     )
-    given = sigma == cfg.clean_context_sigma  # levels 0..target-1 of about half the videos
+    clean = torch.tensor([diff.context_sigma(cfg.clean_context_sigma, lvl) for lvl in range(L)])
+    given = sigma == clean  # levels 0..target-1 of about half the videos
     assert given[:, 0].float().mean().item() == pytest.approx(0.5, abs=0.03)
     assert given[:, 1].float().mean().item() == pytest.approx(0.25, abs=0.03)  # target 2 half the time
 
@@ -190,7 +191,9 @@ def test_clean_context_gives_coarse_levels_the_sampling_context_noise_and_no_los
     assert p_keep.all() and torch.equal(noise, p_noise) and torch.equal(drop, p_drop)
     assert not keep[:, 0].any() and keep[:, -1].all()  # level 0 is always given, the finest never
     given = ~keep
-    assert torch.all(sigma[given] == 0.05) and torch.equal(sigma[keep], p_sigma[keep])
+    sigma_in = Diffusion(cfg.diffusion, geo).sigma_in
+    assert torch.equal(sigma * sigma_in, torch.where(given, 0.05, sigma * sigma_in))  # pixel noise 0.05
+    assert torch.equal(sigma[keep], p_sigma[keep])
     # given levels are a prefix: 0..l-1; both targets (1 and 2) occur
     targets = keep.int().argmax(1)
     assert torch.equal(given, torch.arange(L)[None] < targets[:, None])
@@ -245,3 +248,19 @@ def test_rescale_moves_a_video_between_levels_scaled_spaces():
     y = d.rescale(x, 0, 2)
     assert torch.allclose(y * d.sigma_in[2], x * d.sigma_in[0])  # the same pixels
     assert torch.allclose(d.rescale(y, 2, 0), x)
+
+
+def test_context_noise_is_pixel_noise_at_every_input_scale():
+    """`diffusion.context_space=data` (default): a context σ is the std of the noise on the pixels,
+    so in level ℓ's scaled space it is σ / σ_in,ℓ (the same signal-to-noise at every input
+    scale); `scaled` keeps the value in every level's scaled space (configs before issue 29)."""
+    geo = ALL_AXES
+    data = Diffusion(DiffusionConfig(sigma_in0=4.0), geo)  # the UCF presets' input scales
+    assert [data.context_sigma(0.05, lvl) for lvl in range(3)] == pytest.approx(
+        [0.0125, 0.05 / 4 / 2**1.5, 0.05 / 32]
+    )
+    scaled = Diffusion(DiffusionConfig(sigma_in0=4.0, context_space="scaled"), geo)
+    assert [scaled.context_sigma(0.05, lvl) for lvl in range(3)] == [0.05] * 3
+    assert data.context_sigma(0.0, 0) == pytest.approx(1e-3 / 4)  # kept above 0: c_noise is ln(σ)/4
+    with pytest.raises(ConfigError, match="context_space"):
+        load_config("tiny", ["diffusion.context_space=pixels"])

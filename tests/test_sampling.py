@@ -137,13 +137,16 @@ def test_tiled_equals_untiled_when_canvas_is_one_tile(tiny):
         heun = (s.sampler0 if lvl == 0 else s.sampler) == "heun"
 
         def D(y, sigma, lvl=lvl):
-            sig_c = torch.tensor(max(s.context_sigma, 1e-3))
+            # the context noise is pixel noise (diffusion.context_space=data): σ / σ_in,k when scaled
+            sig_c = [
+                torch.tensor(max(s.context_sigma, 1e-3) / float(diffusion.sigma_in[k])) for k in range(lvl)
+            ]
             sd = diffusion.sigma_data
-            xs = [c * edm_coefficients(sig_c, sd[k])[2] for k, c in enumerate(ctx)]
+            xs = [c * edm_coefficients(sig_c[k], sd[k])[2] for k, c in enumerate(ctx)]
             c_skip, c_out, c_in, c_noise = edm_coefficients(torch.tensor(sigma), sd[lvl])
             stack = torch.stack(xs + [c_in * y], dim=1)
             cn = torch.stack(
-                [edm_coefficients(sig_c, sd[k])[3].expand(2) for k in range(lvl)] + [c_noise.expand(2)], 1
+                [edm_coefficients(sig_c[k], sd[k])[3].expand(2) for k in range(lvl)] + [c_noise.expand(2)], 1
             )
             F = model(stack, cn, Boxes(off.expand(2, lvl + 1, 3), size.expand(2, lvl + 1, 3)), labels)[:, -1]
             return c_skip * y + c_out * F
@@ -162,7 +165,7 @@ def test_tiled_equals_untiled_when_canvas_is_one_tile(tiny):
         )
         done.append(y)
         eps = torch.stack([torch.randn(3, *patch, generator=g) for g in gens])
-        ctx.append(y + max(s.context_sigma, 1e-3) * eps)
+        ctx.append(y + max(s.context_sigma, 1e-3) / float(diffusion.sigma_in[lvl]) * eps)
     for lvl in range(geo.num_levels):
         ref = (done[lvl] * diffusion.sigma_in[lvl]).clamp(-1, 1)
         torch.testing.assert_close(gen.levels[lvl], ref, atol=1e-5, rtol=1e-4)

@@ -86,6 +86,11 @@ class DiffusionConfig:
     # finished coarse levels at sample.context_sigma). 0 = the paper's independent σ per level.
     clean_context: float = 0.0
     clean_context_sigma: float = 0.05
+    # the space of the context noise (clean_context_sigma and sample.context_sigma):
+    # data = the std of the noise on the pixels in [-1, 1], the same signal-to-noise at every
+    # input scale (σ_ℓ = value / σ_in,ℓ in level ℓ's scaled space); scaled = the value in each
+    # level's scaled space (the pixel noise grows with σ_in,ℓ; configs saved before issue 29)
+    context_space: str = "data"
     # weight of each level's loss in the sum (the paper sums the levels' losses); a list gives
     # one per level
     level_weight: float | list[float] = 1.0
@@ -279,13 +284,17 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 
 def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before the model's options were reorganised, in today's fields: an
-    option left off is dropped, `pixel_context: true` becomes `fusion: deep+pixels`, and a removed
-    option that is on is an error that says so."""
+    """A config saved before the model's options were reorganised (issue 28; a saved config names
+    every field, so it names the removed ones), in today's fields: an option left off is dropped,
+    `pixel_context: true` becomes `fusion: deep+pixels`, a removed option that is on is an error
+    that says so, and its context noise keeps the meaning it had (`diffusion.context_space: scaled`)."""
     m = raw.get("model")
     if not isinstance(m, dict) or not any(k in m for k in REMOVED):
         return raw
     m = dict(m)
+    d = raw.get("diffusion")
+    if isinstance(d, dict) and "context_space" not in d:  # its context noise was in scaled space
+        raw = {**raw, "diffusion": {**d, "context_space": "scaled"}}
     if m.pop("pixel_context", False):
         if m.get("fusion", "deep") != "deep":
             raise ConfigError(
@@ -495,6 +504,7 @@ def validate(cfg: Config) -> None:
     if any(not math.isfinite(g) or g < 0 for g in (s.cfg if isinstance(s.cfg, list) else [s.cfg])):
         raise ConfigError(f"sample.cfg={s.cfg}: guidance scales must be >= 0 (1 = off)")
     d = cfg.diffusion
+    _choice(d.context_space, ("data", "scaled"), "diffusion.context_space")
     if not 0 <= d.clean_context <= 1 or not d.clean_context_sigma > 0:
         raise ConfigError(
             f"diffusion.clean_context={d.clean_context} must be a probability in [0, 1] and "

@@ -66,6 +66,13 @@ class Diffusion:
         """A video in level `from_level`'s scaled space (x / σ_in) in level `to_level`'s."""
         return x * float(self.sigma_in[from_level] / self.sigma_in[to_level])
 
+    def context_sigma(self, value: float, level: int) -> float:
+        """The σ of the noise on a finished (or given) coarse level `level`, in its scaled space,
+        from a configured value (`sample.context_sigma`, `clean_context_sigma`) in
+        `context_space`. Kept above 0 (as configured) because the network's noise input is ln(σ)/4."""
+        value = max(float(value), 1e-3)
+        return value / float(self.sigma_in[level]) if self.cfg.context_space == "data" else value
+
     def sample_sigma(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """An independent σ per level per video, LogNormal(P_mean, P_std): (B, L)."""
         n = torch.randn(
@@ -123,7 +130,8 @@ class Diffusion:
             given = (u_chosen < self.cfg.clean_context)[:, None] & (
                 torch.arange(L, device=dev)[None] < target[:, None]
             )
-            sigma = torch.where(given, torch.full_like(sigma, self.cfg.clean_context_sigma), sigma)
+            clean = [self.context_sigma(self.cfg.clean_context_sigma, lvl) for lvl in range(L)]
+            sigma = torch.where(given, torch.tensor(clean, device=dev)[None].expand_as(sigma), sigma)
             keep = ~given
         return Draws(sigma, noise, drop, keep[:, : shape[0]])
 

@@ -47,12 +47,6 @@ from hpdm.pyramid import (
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def context_sigma(s: SampleConfig) -> float:
-    """The noise level at which finished coarse levels are fed as context; kept above 0 because
-    the network's noise input is ln(σ) / 4."""
-    return max(s.context_sigma, 1e-3)
-
-
 # ---------------------------------------------------------------------------------------------
 # EDM samplers (Karras et al. 2022, Algorithm 2), on any tensor
 
@@ -455,7 +449,7 @@ class Cascade:
                 y = sample_level(plan, denoise, self._start(plan, run, finished), s, gens, progress)
             finished.append(y)
             eps = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(self.device)
-            ctx_levels.append(y + context_sigma(s) * eps)
+            ctx_levels.append(y + run.diffusion.context_sigma(s.context_sigma, plan.level) * eps)
         levels = [(y * run.diffusion.sigma_in[lvl]).clamp(-1, 1).cpu() for lvl, y in enumerate(finished)]
         settings = self.settings(plans, run, seed, overlap, guidance, cache, len(given))
         return Generation(levels, settings)
@@ -541,9 +535,9 @@ class Cascade:
 
     def coarse_context(self, plan: LevelPlan, run: _Run, tiling: Tiling, ctx_levels) -> list[ContextCrop]:
         """For every tile, the crop of each finished coarser level that contains it (DESIGN §5)."""
-        sig = torch.tensor(context_sigma(self.cfg.sample))
         out = []
         for k in range(plan.level):
+            sig = torch.tensor(run.diffusion.context_sigma(self.cfg.sample.context_sigma, k))
             pix = context_offsets(run.geo, plan.level, tiling.tiles, k)
             boxes = Boxes.on_grid(pix, run.geo.level_sizes[k], self.patch).to(self.device)
             _, _, c_in, c_noise = edm_coefficients(sig, run.diffusion.sigma_data[k])
