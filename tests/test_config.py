@@ -186,3 +186,19 @@ def test_configs_saved_before_the_model_options_were_reorganised_still_load(tmp_
     for sub in ("", "base", "guide"):
         text = (demo_checkpoint() / sub / "config.yaml").read_text()
         assert not any(k in text for k in ("cube0", "token_attn", "pixel_context")), sub
+
+
+def test_global_batch_gives_the_per_rank_batch():
+    """`train.global_batch` (the paper's numbers) splits over world size x grad_accum; a split that
+    does not divide it says which grad_accum values would."""
+    from hpdm.config import per_rank_batch
+
+    t = load_config("tiny", ["train.global_batch=768", "train.grad_accum=4"]).train
+    assert per_rank_batch(t, 8) == 24 and per_rank_batch(t, 1) == 192
+    assert per_rank_batch(load_config("tiny", ["train.batch_size=5"]).train, 8) == 5  # per rank as given
+    with pytest.raises(ConfigError, match=r"over 5 rank\(s\).*number of ranks that divides 768"):
+        per_rank_batch(t, 5)
+    with pytest.raises(ConfigError, match=r"grad_accum in \[1, 3, 9\]"):
+        load_config("tiny", ["train.global_batch=9", "train.grad_accum=2"])
+    with pytest.raises(ConfigError, match="global_batch"):
+        load_config("tiny", ["train.global_batch=0"])

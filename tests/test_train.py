@@ -76,6 +76,8 @@ RESUME_VARIANTS = {
     "dropout": ["model.dropout=0.2"],
     "self_cond": ["model.self_cond=0.5"],
     "grad_accum": ["train.grad_accum=2", "train.batch_size=1"],
+    # the paper's way to state the batch: per-rank micro-batches of 1 derived from it
+    "global_batch": ["train.global_batch=2", "train.grad_accum=2"],
     "folder_workers": ["data.dataset=folder", "data.num_workers=2", "model.dropout=0.1"],
 }
 

@@ -100,7 +100,10 @@ class DiffusionConfig:
 class TrainConfig:
     out_dir: str = "runs/tiny"
     steps: int = 1000
-    batch_size: int = 8
+    batch_size: int = 8  # videos per rank per micro-batch
+    # the global batch (the paper's numbers); when set, batch_size is derived from it as
+    # global_batch / (world size x grad_accum) under torchrun, which must divide it
+    global_batch: int | None = None
     optimizer: str = "adamw"  # adamw | lamb
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -426,6 +429,24 @@ def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {list(choices)}")
 
 
+def per_rank_batch(t: TrainConfig, world: int) -> int:
+    """Videos per rank per micro-batch: `train.batch_size`, or `global_batch / (world x grad_accum)`."""
+    if t.global_batch is None:
+        return t.batch_size
+    split = world * t.grad_accum
+    if t.global_batch % split:
+        ok = [a for a in range(1, t.global_batch + 1) if t.global_batch % (world * a) == 0][:6]
+        fix = (
+            f"use train.grad_accum in {ok}" if ok else f"use a number of ranks that divides {t.global_batch}"
+        )
+        raise ConfigError(
+            f"train.global_batch={t.global_batch} does not split over {world} rank(s) x "
+            f"train.grad_accum={t.grad_accum}; {fix} (or set train.global_batch=null and a per-rank "
+            "train.batch_size)"
+        )
+    return t.global_batch // split
+
+
 def validate(cfg: Config) -> None:
     """Check the whole config; raises ConfigError naming the field and the fix."""
     from hpdm.pyramid import PyramidGeometry  # geometry validation lives with the geometry
@@ -490,6 +511,10 @@ def validate(cfg: Config) -> None:
     for key in ("batch_size", "grad_accum", "steps", "log_every", "ckpt_every", "keep"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key}={getattr(t, key)}: must be a positive whole number")
+    if t.global_batch is not None:
+        if t.global_batch <= 0:
+            raise ConfigError(f"train.global_batch={t.global_batch}: must be a positive whole number or null")
+        per_rank_batch(t, 1)  # divides grad_accum at least; the world size is checked at launch
     if t.sample_every < 0:
         raise ConfigError(f"train.sample_every={t.sample_every}: give a step interval, or 0 for no samples")
     if not 0 <= t.ema_decay < 1:

@@ -33,7 +33,7 @@ from hpdm.checkpoint import (
     save_checkpoint,
     set_aside,
 )
-from hpdm.config import Config, save_config
+from hpdm.config import Config, per_rank_batch, save_config
 from hpdm.data import batch_stream, build_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
@@ -106,6 +106,7 @@ class Trainer:
         self.out_dir = Path(out_dir or cfg.train.out_dir)
         self.progress = progress and self.ctx.is_main
         t = cfg.train
+        t.batch_size = per_rank_batch(t, self.ctx.world)  # from train.global_batch when it is set
         if self.device.type == "cuda" and t.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
