@@ -48,3 +48,30 @@ def test_train_cli_init_from_base(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "initialised from" in out and "grown" in out
     assert (grown_dir / "checkpoints" / "step_0000002" / "model.safetensors").exists()
+
+
+def test_a_base_with_a_smaller_patch_grows_with_its_positions_resized():
+    """T2V-1K grows from the 8x36x64 base with 16x72x128 patches: every weight is copied but the
+    positional table, which is resampled (trilinear) from the base's token grid to the new one."""
+    from hpdm.grow import resize_positions
+
+    base_cfg = load_config("tiny", BASE)
+    base = HPDM(base_cfg)
+    nf, nh, nw = base.grid
+    ramp = torch.linspace(-1, 1, nw).repeat(nf * nh)  # the table rises along w only
+    with torch.no_grad():
+        base.pos.copy_(ramp[:, None].expand_as(base.pos))
+    cfg = load_config(
+        "tiny", ["pyramid.patch=[2,16,16]", "pyramid.target=[4,64,64]", "model.levels_per_block=[1,2,3]"]
+    )
+    model = HPDM(cfg)
+    assert model.grid == (2, 4, 4) and base.grid == (2, 2, 2)
+    with pytest.raises(ValueError, match="'pos'"):
+        init_from_state(model, base.state_dict())  # without the base's grid it cannot be resized
+    report = init_from_state(model, base.state_dict(), base_grid=base.grid)
+    assert "pos" in report["grown"] and all(k.startswith("fusion.") for k in report["new"])
+    pos = model.pos.detach().view(2, 4, 4, -1)
+    assert torch.allclose(pos, pos[:1, :1, :, :1])  # still constant along f, h and the width
+    assert torch.all(pos[0, 0, 1:, 0] > pos[0, 0, :-1, 0])  # and rising along w, within the base's range
+    assert pos.min() >= -1 and pos.max() <= 1
+    torch.testing.assert_close(resize_positions(base.pos, base.grid, base.grid), base.pos)

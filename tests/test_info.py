@@ -308,3 +308,44 @@ def test_human_bytes():
     assert human_bytes(0) == "0 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 * 2**30) == "3.0 GiB"
+
+
+# paper Tab. 8: parameters of HPDM-S/M/L and HPDM-T2V (T2V-1K is the same network)
+TAB8 = {"ucf101-s": 178e6, "ucf101-m": 321e6, "ucf101-l": 725e6, "t2v": 3934e6, "t2v-1k": 3934e6}
+
+
+@pytest.mark.parametrize("preset", list(TAB8))
+def test_paper_presets_have_the_papers_parameter_counts(preset):
+    """Within 3% of Tab. 8 (the FIT block's widths are inferred from these counts: docs/model-size.md)."""
+    from hpdm.model.hpdm import HPDM, count_parameters
+
+    cfg = load_config(preset)
+    with torch.device("meta"):
+        n = count_parameters(HPDM(cfg))
+    assert abs(n / TAB8[preset] - 1) < 0.03, n
+
+
+def test_paper_presets_have_tab8_training_settings():
+    """Batch, steps, warm-up, adaptive computation, levels and tokenisation as Tab. 8 states them."""
+    want = {
+        "ucf101-s": (768, 40_000, 10_000, [1, 1, 2, 2, 3, 3], 3, (1, 4, 4)),
+        "ucf101-m": (768, 40_000, 10_000, [1, 1, 2, 2, 3, 3], 3, (1, 4, 4)),
+        "ucf101-l": (768, 65_000, 10_000, [1, 1, 2, 2, 3, 3], 3, (1, 4, 4)),
+        "t2v": (4096, 15_000, 5_000, [1, 2, 2, 3, 3, 4], 4, (1, 3, 4)),
+        "t2v-1k": (1024, 100_000, 5_000, [4] * 6, 4, (1, 3, 4)),
+    }
+    for preset, (batch, steps, warmup, lpb, levels, cube) in want.items():
+        c = load_config(preset)
+        got = (c.train.global_batch, c.train.steps, c.train.warmup, c.model.levels_per_block)
+        assert got == (batch, steps, warmup, lpb), preset
+        assert (c.pyramid.num_levels, tuple(c.model.cube), c.diffusion.cond_drop) == (levels, cube, 0.1), (
+            preset
+        )
+        assert c.sample.steps == 128 and c.sample.halve_steps and c.sample.sampler == "euler"
+        assert (c.sample.S_churn == 0.0) == preset.startswith("t2v")  # stochasticity off for T2V
+    k1 = load_config("t2v-1k")
+    assert tuple(k1.pyramid.patch) == (16, 72, 128) and tuple(k1.pyramid.target) == (16, 576, 1024)
+    base = load_config("t2v-base")
+    assert base.pyramid.num_levels == 1 and tuple(base.pyramid.patch) == tuple(
+        load_config("t2v").pyramid.patch
+    )

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from hpdm.config import levels_per_block
+from hpdm.config import ConfigError, levels_per_block
 from hpdm.diffusion import Diffusion
 from hpdm.info import flop_counter, model_info
 from hpdm.model.hpdm import HPDM
@@ -76,6 +76,9 @@ KNOBS = [
     "model.token_cond=true",
     "model.fusion=deep+pixels",
     "model.self_cond=0.5",
+    # the paper presets' FIT block: conditioning read per block, wide read FFs, adaLN-Zero
+    "model.cond_read=true model.cond_dim=24 model.read_mlp_dim=40 model.latent_adaln=true",
+    "model.latent_adaln=true",  # adaLN with the conditioning appended to the latents
 ]
 
 
@@ -84,7 +87,7 @@ KNOBS = [
     [("[1,2,3]", None), ("[3,3,3]", None), ("[3,3,3]", KNOBS[2]), *(("[1,2,3]", k) for k in KNOBS)],
 )
 def test_information_flows_only_coarse_to_fine(tiny_config, perturbed, lpb, knob):
-    cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
+    cfg = tiny_config(f"model.levels_per_block={lpb}", *(knob.split() if knob else []))
     model = perturbed(HPDM(cfg))
     x, c, boxes, labels = inputs(cfg)
     grads = _jacobian_blocks(model, x, c, boxes, labels)
@@ -247,7 +250,7 @@ def test_sampled_context_reads_the_child_region(tiny_config):
     "lpb,knob", [("[1,2,3]", None), ("null", None), ("null", KNOBS[2]), *(("[1,2,3]", k) for k in KNOBS)]
 )
 def test_cached_context_matches_joint_forward(tiny_config, perturbed, lpb, knob):
-    cfg = tiny_config(f"model.levels_per_block={lpb}", *([knob] if knob else []))
+    cfg = tiny_config(f"model.levels_per_block={lpb}", *(knob.split() if knob else []))
     model = perturbed(HPDM(cfg), std=0.1)
     x, c, boxes, labels = inputs(cfg, B=3)
     with torch.no_grad():
@@ -360,3 +363,47 @@ def test_deep_plus_pixels_feeds_the_previous_levels_pixels(tiny_config, perturbe
     assert model.deep and model.pixels
     with pytest.raises(ValueError, match="set model.fusion the same"):
         init_from_state(HPDM(tiny_config()), model.state_dict())  # the reverse: tells what to add
+
+
+def test_adaln_zero_latent_layers_start_as_the_identity(perturbed):
+    """`model.latent_adaln`: with the modulation at its zero init, the patch read and every latent
+    layer leave the latents as they are (their gates are 0); once trained, the latents depend on
+    the conditioning through it."""
+    from hpdm.model.blocks import RINBlock
+
+    block = perturbed(RINBlock(16, 8, 2, 2, 2.0, adaln_dim=12))
+    block.reset_modulation()
+    g = torch.Generator().manual_seed(0)
+    x, z, c = (
+        torch.randn(2, 6, 16, generator=g),
+        torch.randn(2, 5, 8, generator=g),
+        torch.randn(2, 3, 12, generator=g),
+    )
+    x_out, z_out = block(x, z, c)
+    assert torch.equal(z_out, z) and not torch.equal(x_out, x)  # the write still runs
+    perturbed(block)
+    _, a = block(x, z, c)
+    _, b = block(x, z, c + 1.0)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_conditioning_read_is_the_only_way_the_condition_enters(tiny_config, perturbed):
+    """`model.cond_read`: the conditioning tokens (width `cond_dim`) are no longer latents; each
+    block reads them. Cutting every block's conditioning read makes the output blind to the class."""
+    cfg = tiny_config("model.cond_read=true", "model.cond_dim=24", "model.read_mlp_dim=40")
+    model = perturbed(HPDM(cfg), std=0.1)
+    assert model.class_embed.embedding_dim == 24 and model.blocks[0].cond_read.kv.in_features == 24
+    assert model.blocks[0].read_mlp[1].out_features == 40 and model.blocks[0].cond_mlp[1].out_features == 40
+    x, c, boxes, labels = inputs(cfg)
+    with torch.no_grad():
+        a = model(x, c, boxes, labels)
+        b = model(x, c, boxes, (labels + 1) % cfg.model.num_classes)
+        assert (a - b).abs().max() > 1e-4
+        for blk in model.blocks:
+            blk.cond_read.out.weight.zero_()
+            blk.cond_read.out.bias.zero_()
+        assert torch.equal(
+            model(x, c, boxes, labels), model(x, c, boxes, (labels + 1) % cfg.model.num_classes)
+        )
+    with pytest.raises(ConfigError, match="cond_read=true"):
+        tiny_config("model.cond_dim=24")  # appended to the latents, the widths must agree

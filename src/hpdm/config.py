@@ -58,6 +58,15 @@ class ModelConfig:
     latent_layers: int = 2  # K self-attention layers per block
     heads: int = 4
     mlp_ratio: float = 4.0
+    # The paper's block (FIT, Snap Video §3.4; widths inferred from Tab. 8's parameter counts,
+    # docs/model-size.md): the conditioning tokens have their own width and are read into the
+    # latents by every block, the feed-forwards after the reads are read_mlp_dim wide, and the
+    # latent layers are adaLN-Zero modulated by the conditioning. Off (0 / false) = plain RIN
+    # (conditioning tokens appended to the latents), as the demo
+    cond_dim: int = 0  # width of the conditioning tokens; 0 = latent_dim
+    cond_read: bool = False  # every block reads the conditioning tokens (cross-attention + FF)
+    read_mlp_dim: int = 0  # hidden width of the FFs after the reads; 0 = latent_dim x mlp_ratio
+    latent_adaln: bool = False  # adaLN-Zero on the patch read and every latent layer
     levels_per_block: list[int] | None = None  # None = every block processes every level (AC off)
     num_classes: int = 0  # 0 = unconditional; a null class is added for guidance
     text_dim: int = 0  # >0: text-token width of the text encoder (text-to-video)
@@ -485,6 +494,14 @@ def validate(cfg: Config) -> None:
                 f"at least one block must process all {p.num_levels} levels"
             )
     _choice(m.fusion, ("deep", "shallow", "deep+pixels", "none"), "model.fusion")
+    for key in ("cond_dim", "read_mlp_dim"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"model.{key}={getattr(m, key)}: give a width, or 0 for the default")
+    if m.cond_dim not in (0, m.latent_dim) and not m.cond_read:
+        raise ConfigError(
+            f"model.cond_dim={m.cond_dim} differs from model.latent_dim={m.latent_dim}, but the "
+            "conditioning tokens are appended to the latents; set model.cond_read=true (or cond_dim=0)"
+        )
     if not 0.0 <= m.self_cond <= 1.0:
         raise ConfigError(f"model.self_cond={m.self_cond} is a probability; use a value in [0, 1] (RIN: 0.9)")
     if not 0.0 <= m.dropout < 1.0:

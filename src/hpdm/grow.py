@@ -12,16 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from hpdm.checkpoint import read_weights, resolve_checkpoint
+from hpdm.checkpoint import read_config, read_weights, resolve_checkpoint
 from hpdm.model.hpdm import HPDM
+from hpdm.pyramid import token_grid
 
 # Parameters whose first axis is the pyramid level: copy the base's levels, fill new ones from level 0.
 PER_LEVEL = ("latents", "level_embed.weight")
 
 
-def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    """Copy every compatible tensor of `base` into `model`; returns which keys were copied/grown/new."""
+def init_from_state(
+    model: HPDM, base: dict[str, torch.Tensor], base_grid: tuple[int, int, int] | None = None
+) -> dict[str, list[str]]:
+    """Copy every compatible tensor of `base` into `model`; returns which keys were copied/grown/new.
+
+    `base_grid`: the base's token grid, when its patch differs (e.g. T2V-1K's 16x72x128 patches
+    grown from the 8x36x64 base): its positional table is resized trilinearly to this model's grid."""
     own = model.state_dict()
     report: dict[str, list[str]] = {"copied": [], "grown": [], "new": [], "ignored": []}
     with torch.no_grad():
@@ -36,6 +43,9 @@ def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, lis
                 n = min(src.shape[0], target.shape[0])
                 target[:n].copy_(src[:n])
                 target[n:].copy_(src[:1].expand_as(target[n:]))
+                report["grown"].append(key)
+            elif key == "pos" and base_grid is not None and src.shape[1:] == target.shape[1:]:
+                target.copy_(resize_positions(src, base_grid, model.grid))
                 report["grown"].append(key)
             elif key == "tokenizer.weight" and target.shape[1] == 2 * src.shape[1]:
                 # a base without pixel channels: its RGB weights, the new pixel channels start at zero
@@ -58,7 +68,16 @@ def init_from_state(model: HPDM, base: dict[str, torch.Tensor]) -> dict[str, lis
     return report
 
 
+def resize_positions(pos: torch.Tensor, grid, new_grid) -> torch.Tensor:
+    """A learned positional table (n, d) over token grid `grid` resampled to `new_grid` (n', d)."""
+    table = pos.T.reshape(1, pos.shape[1], *grid)
+    out = F.interpolate(table, size=tuple(new_grid), mode="trilinear", align_corners=False)
+    return out.reshape(pos.shape[1], -1).T
+
+
 def init_from_checkpoint(model: HPDM, ckpt: str | Path, ema: bool = True) -> dict[str, list[str]]:
     ck = resolve_checkpoint(ckpt)
     name = "ema.safetensors" if ema and (ck / "ema.safetensors").exists() else "model.safetensors"
-    return init_from_state(model, read_weights(ck / name))
+    base_cfg = read_config(ck)
+    base_grid = token_grid(base_cfg.pyramid.patch, base_cfg.model.cube)
+    return init_from_state(model, read_weights(ck / name), base_grid if base_grid != model.grid else None)

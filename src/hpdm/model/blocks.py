@@ -32,10 +32,10 @@ class Attention(nn.Module):
         return self.out(rearrange(y, "b h n e -> b n (h e)"))
 
 
-def mlp(dim: int, ratio: float, dropout: float = 0.0) -> nn.Sequential:
-    """Pre-norm MLP; `dropout` > 0 drops its output (residual dropout), appended last so the
-    parameter names do not depend on it."""
-    hidden = int(dim * ratio)
+def mlp(dim: int, ratio: float, dropout: float = 0.0, hidden: int | None = None) -> nn.Sequential:
+    """Pre-norm MLP of `hidden` (default dim x ratio) units; `dropout` > 0 drops its output
+    (residual dropout), appended last so the parameter names do not depend on it."""
+    hidden = hidden or int(dim * ratio)
     layers = [nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)]
     return nn.Sequential(*layers, *([nn.Dropout(dropout)] if dropout > 0 else []))
 
@@ -55,7 +55,14 @@ class TokenConv(nn.Conv3d):
 
 
 class RINBlock(nn.Module):
-    """Read (latents ← tokens), process (K latent self-attention layers), write (tokens ← latents)."""
+    """Read (latents ← tokens), process (K latent self-attention layers), write (tokens ← latents).
+
+    With `cond_dim` > 0 the block first reads the conditioning tokens (N, c, cond_dim) into the
+    latents (cross-attention and a feed-forward, Snap Video's FIT block, which HPDM-T2V uses);
+    with `adaln_dim` > 0 the patch read and every latent layer are modulated by the mean
+    conditioning token (adaLN-Zero: shift, scale and gate from `Linear(SiLU(c))`, zero at init).
+    `read_mlp_dim` is the hidden width of the feed-forwards after the reads (default d_lat x ratio).
+    """
 
     def __init__(
         self,
@@ -66,33 +73,85 @@ class RINBlock(nn.Module):
         mlp_ratio: float,
         grid: tuple[int, int, int] | None = None,
         dropout: float = 0.0,
+        read_mlp_dim: int | None = None,
+        cond_dim: int = 0,
+        adaln_dim: int = 0,
     ):
         """`grid`: the token grid, given to turn on `TokenConv`."""
         super().__init__()
         self.token_conv = TokenConv(dim, grid) if grid is not None else None
         self.read_norm_z, self.read_norm_x = nn.LayerNorm(latent_dim), nn.LayerNorm(dim)
         self.read = Attention(latent_dim, dim, heads)
-        self.read_mlp = mlp(latent_dim, mlp_ratio, dropout)
+        self.read_mlp = mlp(latent_dim, mlp_ratio, dropout, read_mlp_dim)
         self.process_norm = nn.ModuleList(nn.LayerNorm(latent_dim) for _ in range(latent_layers))
         self.process = nn.ModuleList(Attention(latent_dim, latent_dim, heads) for _ in range(latent_layers))
         self.process_mlp = nn.ModuleList(mlp(latent_dim, mlp_ratio, dropout) for _ in range(latent_layers))
         self.write_norm_x, self.write_norm_z = nn.LayerNorm(dim), nn.LayerNorm(latent_dim)
         self.write = Attention(dim, latent_dim, heads)
         self.write_mlp = mlp(dim, mlp_ratio, dropout)
+        self.cond_read = None
+        if cond_dim > 0:
+            self.cond_norm_z, self.cond_norm_c = nn.LayerNorm(latent_dim), nn.LayerNorm(cond_dim)
+            self.cond_read = Attention(latent_dim, cond_dim, heads)
+            self.cond_mlp = mlp(latent_dim, mlp_ratio, dropout, read_mlp_dim)
+        self.modulation = None
+        if adaln_dim > 0:  # one per modulated layer: the patch read, then each latent layer
+            self.modulation = nn.ModuleList(
+                nn.Sequential(nn.SiLU(), nn.Linear(adaln_dim, 6 * latent_dim))
+                for _ in range(1 + latent_layers)
+            )
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, n, d) data tokens, z (N, m + c, d_lat) latents and conditioning tokens."""
+    def reset_modulation(self) -> None:
+        """adaLN-Zero: every modulated layer starts as the identity (its gates are zero)."""
+        if self.modulation is not None:
+            for m in self.modulation:
+                nn.init.zeros_(m[1].weight)
+                nn.init.zeros_(m[1].bias)
+
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, n, d) data tokens, z (N, m [+ c], d_lat) latents (with the conditioning tokens
+        appended, unless the block reads them), cond (N, c, cond_dim) the conditioning tokens when
+        the block reads them or is modulated by them."""
         if self.token_conv is not None:
             x = self.token_conv(x)
-        z = z + self.read(self.read_norm_z(z), self.read_norm_x(x))
-        z = z + self.read_mlp(z)
-        for norm, attn, ff in zip(self.process_norm, self.process, self.process_mlp):
-            h = norm(z)
-            z = z + attn(h, h)
-            z = z + ff(z)
+        if self.cond_read is not None:
+            z = z + self.cond_read(self.cond_norm_z(z), self.cond_norm_c(cond))
+            z = z + self.cond_mlp(z)
+        mods = (
+            [m(cond.mean(1))[:, None].chunk(6, dim=-1) for m in self.modulation] if self.modulation else None
+        )
+        mod = mods[0] if mods else None
+        z = z + _gated(self.read(_shifted(self.read_norm_z(z), mod, 0), self.read_norm_x(x)), mod, 0)
+        z = z + _gated(_ff(self.read_mlp, z, mod), mod, 1)
+        for i, (norm, attn, ff) in enumerate(zip(self.process_norm, self.process, self.process_mlp)):
+            mod = mods[i + 1] if mods else None
+            h = _shifted(norm(z), mod, 0)
+            z = z + _gated(attn(h, h), mod, 0)
+            z = z + _gated(_ff(ff, z, mod), mod, 1)
         x = x + self.write(self.write_norm_x(x), self.write_norm_z(z))
         x = x + self.write_mlp(x)
         return x, z
+
+
+def _shifted(h: torch.Tensor, mod, k: int) -> torch.Tensor:
+    """adaLN: the normalised h scaled and shifted by the k-th (shift, scale) pair of `mod`."""
+    return h if mod is None else h * (1 + mod[3 * k + 1]) + mod[3 * k]
+
+
+def _gated(y: torch.Tensor, mod, k: int) -> torch.Tensor:
+    return y if mod is None else mod[3 * k + 2] * y
+
+
+def _ff(ff: nn.Sequential, z: torch.Tensor, mod) -> torch.Tensor:
+    """A pre-norm MLP (`mlp`), its norm's output modulated when `mod` is given."""
+    if mod is None:
+        return ff(z)
+    h = _shifted(ff[0](z), mod, 1)
+    for layer in list(ff)[1:]:
+        h = layer(h)
+    return h
 
 
 class FourierEmbedding(nn.Module):

@@ -63,18 +63,31 @@ class HPDM(nn.Module):
         self.detok_norm = nn.LayerNorm(d)
         self.detokenizer = nn.Linear(d, 3 * cube_vol)
         self.latents = nn.Parameter(torch.randn(self.num_levels, m.num_latents, dl) * 0.02)
-        self.noise_embed = FourierEmbedding(dl)
-        self.level_embed = nn.Embedding(self.num_levels, dl)
-        self.class_embed = nn.Embedding(m.num_classes + 1, dl) if m.num_classes > 0 else None
-        self.text_proj = nn.Linear(m.text_dim, dl) if m.text_dim > 0 else None
+        cd = m.cond_dim or dl  # the conditioning tokens' width
+        self.noise_embed = FourierEmbedding(cd)
+        self.level_embed = nn.Embedding(self.num_levels, cd)
+        self.class_embed = nn.Embedding(m.num_classes + 1, cd) if m.num_classes > 0 else None
+        self.text_proj = nn.Linear(m.text_dim, cd) if m.text_dim > 0 else None
         self.self_cond = SelfCondProjection(dl) if m.self_cond > 0 else None
         # extension: the conditioning tokens, summed, added to every data token (Linear(SiLU(·)))
-        self.token_cond = nn.Sequential(nn.SiLU(), nn.Linear(dl, d)) if m.token_cond else None
+        self.token_cond = nn.Sequential(nn.SiLU(), nn.Linear(cd, d)) if m.token_cond else None
         conv_grid = self.grid if m.token_conv else None
         self.blocks = nn.ModuleList(
-            RINBlock(d, dl, m.heads, m.latent_layers, m.mlp_ratio, conv_grid, m.dropout)
+            RINBlock(
+                d,
+                dl,
+                m.heads,
+                m.latent_layers,
+                m.mlp_ratio,
+                conv_grid,
+                m.dropout,
+                read_mlp_dim=m.read_mlp_dim or None,
+                cond_dim=cd if m.cond_read else 0,
+                adaln_dim=cd if m.latent_adaln else 0,
+            )
             for _ in range(m.num_blocks)
         )
+        self.block_cond = m.cond_read or m.latent_adaln  # the blocks take the conditioning tokens
         self.fusion = DeepFusion(
             self.levels_per_block if self.deep else [], d, self.grid, m.use_coords, m.detach_context
         )
@@ -91,6 +104,8 @@ class HPDM(nn.Module):
             self.self_cond.reset_parameters()
         if self.token_cond is not None:  # starts as a no-op
             nn.init.zeros_(self.token_cond[1].weight)
+        for blk in self.blocks:
+            blk.reset_modulation()
         nn.init.normal_(self.level_embed.weight, std=0.02)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
@@ -126,8 +141,8 @@ class HPDM(nn.Module):
         if L > self.num_levels:
             raise ValueError(f"model was built for {self.num_levels} levels, got {L}")
         pixels = previous_level_pixels(x, boxes, self.patch) if self.pixels else None
-        t, z = self._embed(x, c_noise, 0, labels, text, pixels, latents)
-        t, z = self._blocks(t, z, boxes, 0)
+        t, z, c = self._embed(x, c_noise, 0, labels, text, pixels, latents)
+        t, z = self._blocks(t, z, c, boxes, 0)
         return self._finish(t, z, latents)
 
     def level_context(
@@ -156,8 +171,8 @@ class HPDM(nn.Module):
             return b == last  # later blocks never reach level ℓ
 
         coarse_pixels = previous_level_pixels(x, boxes, self.patch) if self.pixels else None
-        t, z = self._embed(x, c_noise, 0, labels, text, coarse_pixels, None)
-        self._blocks(t, z, boxes, 0, tap=tap)
+        t, z, c = self._embed(x, c_noise, 0, labels, text, coarse_pixels, None)
+        self._blocks(t, z, c, boxes, 0, tap=tap)
         return LevelContext(blocks, pixels)
 
     def forward_level(
@@ -181,16 +196,17 @@ class HPDM(nn.Module):
         pixels = None
         if self.pixels:
             pixels = (context.pixels if level > 0 else torch.zeros_like(x))[:, None]
-        t, z = self._embed(x[:, None], c_noise[:, None], level, labels, text, pixels, latents)
-        t, z = self._blocks(t, z, boxes[:, None], level, context)
+        t, z, c = self._embed(x[:, None], c_noise[:, None], level, labels, text, pixels, latents)
+        t, z = self._blocks(t, z, c, boxes[:, None], level, context)
         return self._finish(t, z, latents)[:, 0]
 
     # -----------------------------------------------------------------------------------------
     # pieces
 
     def _embed(self, x, c_noise, level, labels, text, pixels, latents):
-        """Data tokens (B, L, n, d) of levels level..level+L-1 and their latents with the
-        conditioning tokens (B, L, m + c, d_lat)."""
+        """Data tokens (B, L, n, d) of levels level..level+L-1, their latents (B, L, m, d_lat) with
+        the conditioning tokens appended (B, L, m + c, d_lat), and when the blocks read (or are
+        modulated by) the conditioning tokens instead, those (B, L, c, cond_dim) apart."""
         B, L = x.shape[:2]
         if pixels is not None:
             x = torch.cat([x, pixels], dim=2)
@@ -206,10 +222,12 @@ class HPDM(nn.Module):
         lat = self.latents[level_ids].expand(B, -1, -1, -1)  # (B, L, m, d_lat)
         if latents is not None:
             lat = latents.start(lat, self.self_cond)
-        return t, torch.cat([lat, cond], dim=2)
+        if self.cfg.cond_read:
+            return t, lat, cond
+        return t, torch.cat([lat, cond], dim=2), (cond if self.block_cond else None)
 
     def _cond_tokens(self, c_noise, level_ids, labels, text) -> torch.Tensor:
-        """Conditioning tokens appended to each level's latents: (B, L, c, d_lat)."""
+        """Conditioning tokens of each level: (B, L, c, cond_dim)."""
         B, L = c_noise.shape
         toks = [
             self.noise_embed(c_noise)[:, :, None],
@@ -229,12 +247,14 @@ class HPDM(nn.Module):
         self,
         t: torch.Tensor,
         z: torch.Tensor,
+        c: torch.Tensor | None,
         boxes: Boxes,
         level: int,
         context: LevelContext | None = None,
         tap: Callable[[int, torch.Tensor], bool] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block loop over a stack of levels level..level+L-1: tokens t (B, L, n, d), latents z.
+        """The block loop over a stack of levels level..level+L-1: tokens t (B, L, n, d), latents z,
+        conditioning tokens c for the blocks (or None).
 
         Block b runs on the levels below `levels_per_block[b]` (a prefix of the stack; the others
         keep their activations). Before it, DCF gives each of them every coarser level's block
@@ -255,15 +275,16 @@ class HPDM(nn.Module):
             elif coords is not None and nb > 1:  # levels 1..nb-1 read the coarser ones in the stack
                 ctx = self.fusion.context(ta, boxes[:, :nb], boxes[:, 1:nb], tuple(range(1, nb)))
                 ta = torch.cat([ta[:, :1], self.fusion.fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
-            to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1))
+            ca = c[:, :nb].flatten(0, 1) if c is not None else None
+            to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1), ca)
             t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
             z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
         return t, z
 
-    def _block(self, b: int, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _block(self, b: int, x: torch.Tensor, z: torch.Tensor, c) -> tuple[torch.Tensor, torch.Tensor]:
         if self.activation_checkpointing and self.training:
-            return checkpoint(self.blocks[b], x, z, use_reentrant=False)
-        return self.blocks[b](x, z)
+            return checkpoint(self.blocks[b], x, z, c, use_reentrant=False)
+        return self.blocks[b](x, z, c)
 
     def _finish(self, t: torch.Tensor, z: torch.Tensor, latents: LatentCarry | None) -> torch.Tensor:
         """Detokenize (B, L, n, d) → (B, L, 3, *patch); hand the final latents to the carry."""
