@@ -46,7 +46,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     from hpdm.config import load_config
     from hpdm.info import format_info, model_info
 
-    info = model_info(load_config(a.config, a.overrides), batch=a.batch, vs_full_res=a.vs_full_res)
+    cfg = load_config(a.config, a.overrides)
+    info = model_info(cfg, batch=a.batch, vs_full_res=a.vs_full_res)
+    if a.gpus:
+        from hpdm.info import recipe
+
+        info["recipe"] = recipe(info, cfg, a.gpus, a.tflops, a.gpu_memory)
     print(json.dumps(info, indent=2) if a.json else format_info(info))
     return 0
 
@@ -220,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also count the 1-level full-resolution model with the same backbone "
         "(hpdm.info.full_res_config) and print its FLOPs and activations over the pyramid's",
     )
+    p.add_argument(
+        "--gpus",
+        type=at_least(1, "the number of GPUs"),
+        default=None,
+        help="also print what the config's training run costs on this many GPUs: GPU-hours for "
+        "train.steps x the global batch, and memory per GPU (FSDP shards the training state)",
+    )
+    p.add_argument(
+        "--tflops",
+        type=float,
+        default=60.0,
+        help="sustained TFLOP/s per GPU for --gpus (default 60: about 40%% of an A100's TF32 peak)",
+    )
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU for --gpus (default 80)")
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("config", help="print a resolved config (or list presets)")

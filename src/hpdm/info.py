@@ -56,7 +56,7 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from hpdm.config import Config, levels_per_block
+from hpdm.config import Config, levels_per_block, per_rank_batch
 from hpdm.diffusion import Diffusion, input_scales
 from hpdm.model.hpdm import HPDM, count_parameters
 from hpdm.pyramid import PyramidGeometry, sample_boxes
@@ -245,8 +245,8 @@ class _Trace:
         return self.by_region.get(region, 0)
 
 
-def _trace(cfg: Config, batch: int, device: str | torch.device = "meta") -> _Trace:
-    """One training step of `batch` videos (forward + backward) on `device`, counted."""
+def _step_inputs(cfg: Config, batch: int, device):
+    """A fresh model and one training batch of `batch` videos on `device`."""
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
     boxes = sample_boxes(geo, batch, torch.Generator().manual_seed(0)).to(device)
     with torch.device(device):
@@ -254,7 +254,12 @@ def _trace(cfg: Config, batch: int, device: str | torch.device = "meta") -> _Tra
         x = torch.randn(batch, geo.num_levels, 3, *geo.patch)  # (B, L, 3, *patch)
         labels = torch.zeros(batch, dtype=torch.long) if cfg.model.num_classes > 0 else None
         text = torch.zeros(batch, 8, cfg.model.text_dim) if cfg.model.text_dim > 0 else None
-    diffusion = Diffusion(cfg.diffusion, geo)
+    return geo, model, Diffusion(cfg.diffusion, geo), boxes, x, labels, text
+
+
+def _trace(cfg: Config, batch: int, device: str | torch.device = "meta") -> _Trace:
+    """One training step of `batch` videos (forward + backward) on `device`, counted."""
+    geo, model, diffusion, boxes, x, labels, text = _step_inputs(cfg, batch, device)
     regions = {f"blocks.{b}": blk for b, blk in enumerate(model.blocks)}
     regions.update({f"fusion.{b}": lin for b, lin in model.fusion.items()})
     counter = _StepCounter(regions)
@@ -267,6 +272,13 @@ def _trace(cfg: Config, batch: int, device: str | torch.device = "meta") -> _Tra
 def _loss_saving(model, diffusion, boxes, x, labels, text) -> tuple[torch.Tensor, int]:
     """The training loss, and the bytes of the tensors saved for its backward (deduplicated by
     storage, parameters excluded)."""
+    return _saving(
+        model, lambda: diffusion.loss(model, x, boxes, labels, text, null_class=model.null_class())[0]
+    )
+
+
+def _saving(model, fn) -> tuple[torch.Tensor, int]:
+    """fn()'s result and the bytes of the tensors it saves for backward (parameters excluded)."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -279,8 +291,29 @@ def _loss_saving(model, diffusion, boxes, x, labels, text) -> tuple[torch.Tensor
 
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _, _ = diffusion.loss(model, x, boxes, labels, text, null_class=model.null_class())
-    return loss, sum(v for k, v in seen.items() if k not in params)
+        out = fn()
+    return out, sum(v for k, v in seen.items() if k not in params)
+
+
+def checkpointed_activation_bytes(cfg: Config, batch: int = 1, device: str | torch.device = "meta") -> int:
+    """Bytes held for the backward of one training step of `batch` videos with activation
+    checkpointing (`train.activation_checkpointing`, each RIN block recomputed in the backward):
+    what the network outside the blocks saves, every block's inputs (kept to recompute it), and
+    the largest block's own saved tensors while it is recomputed."""
+    _, model, diffusion, boxes, x, labels, text = _step_inputs(cfg, batch, device)
+    model.activation_checkpointing = True
+    inputs: list[tuple] = []
+    hooks = [blk.register_forward_pre_hook(lambda m, args: inputs.append((m, args))) for blk in model.blocks]
+    with fused_attention():
+        loss, outside = _loss_saving(model, diffusion, boxes, x, labels, text)
+        del loss
+        held = sum(sum(a.numel() * a.element_size() for a in args if a is not None) for _, args in inputs)
+        block, args = max(inputs, key=lambda ia: ia[1][0].numel())
+        args = [a.detach().requires_grad_(True) if a is not None else None for a in args]
+        _, peak = _saving(model, lambda: block(*args))
+    for h in hooks:
+        h.remove()
+    return outside + held + peak
 
 
 def activation_bytes(model, diffusion, boxes, x, labels, text) -> int:
@@ -357,6 +390,9 @@ def model_info(
     if measure_memory or vs_full_res:
         out["activation_bytes_per_video"] = tr.saved_bytes / batch
         out["activation_bytes_per_video_without_ac"] = no_ac.saved_bytes / batch
+        out["activation_bytes_per_video_checkpointed"] = (
+            checkpointed_activation_bytes(cfg, batch, device) / batch
+        )
         out["train_state_bytes"] = TRAIN_STATE_BYTES_PER_PARAMETER * out["parameters"]
     if vs_full_res:
         full = model_info(full_res_config(cfg), batch, device=device)
@@ -368,8 +404,53 @@ def model_info(
     return out
 
 
+def recipe(info: dict, cfg: Config, gpus: int, tflops: float, gpu_memory_gib: float = 80.0) -> dict:
+    """What the config's training run costs on `gpus` GPUs that each sustain `tflops` TFLOP/s:
+    videos (steps x global batch), FLOPs, GPU-hours, and memory per GPU (training state, sharded
+    under FSDP, plus the per-rank micro-batch's activations, with activation checkpointing when
+    the config turns it on), and the smallest `train.grad_accum` whose micro-batch fits
+    `gpu_memory_gib` (None when even one video per GPU does not). Needs `info` with memory
+    (`model_info(measure_memory=True)`)."""
+    t = cfg.train
+    micro = per_rank_batch(t, gpus)
+    videos = t.steps * micro * gpus * t.grad_accum
+    flops = videos * info["train_step_flops"]
+    ckpt = t.activation_checkpointing
+    act = info["activation_bytes_per_video_checkpointed" if ckpt else "activation_bytes_per_video"]
+    state = info["train_state_bytes"] / (gpus if t.distributed == "fsdp" else 1)
+    total = micro * gpus * t.grad_accum
+    fits = [
+        a
+        for a in range(1, total // gpus + 1)
+        if total % (gpus * a) == 0 and state + total // (gpus * a) * act <= gpu_memory_gib * 2**30
+    ]
+    return {
+        "gpus": gpus,
+        "tflops_per_gpu": tflops,
+        "steps": t.steps,
+        "global_batch": micro * gpus * t.grad_accum,
+        "micro_batch_per_gpu": micro,
+        "videos": videos,
+        "flops": flops,
+        "gpu_hours": flops / (tflops * 1e12) / 3600,
+        "distributed": t.distributed,
+        "activation_checkpointing": ckpt,
+        "memory_per_gpu_bytes": state + micro * act,
+        "state_per_gpu_bytes": state,
+        "gpu_memory_gib": gpu_memory_gib,
+        "grad_accum_to_fit": fits[0] if fits else None,
+    }
+
+
 def _fmt_flops(v: float) -> str:
-    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+    for unit, scale in (
+        ("ZFLOP", 1e21),
+        ("EFLOP", 1e18),
+        ("PFLOP", 1e15),
+        ("TFLOP", 1e12),
+        ("GFLOP", 1e9),
+        ("MFLOP", 1e6),
+    ):
         if v >= scale:
             return f"{v / scale:.2f} {unit}"
     return f"{v:.0f} FLOP"
@@ -387,10 +468,28 @@ def format_info(info: dict) -> str:
         lines += [
             f"activations       {human_bytes(info['activation_bytes_per_video'])} per video saved for "
             f"backward (without AC {human_bytes(info['activation_bytes_per_video_without_ac'])}; "
-            "no activation checkpointing)",
+            f"with activation checkpointing {human_bytes(info['activation_bytes_per_video_checkpointed'])})",
             f"training state    {human_bytes(info['train_state_bytes'])} (fp32 weights, gradients, 2 "
             "optimiser moments, EMA)",
         ]
+    if "recipe" in info:
+        r = info["recipe"]
+        how = "FSDP-sharded" if r["distributed"] == "fsdp" else "replicated (DDP)"
+        act = "with" if r["activation_checkpointing"] else "without"
+        lines += [
+            f"run on {r['gpus']} GPUs  {r['steps']:,} steps x {r['global_batch']:,} videos = "
+            f"{_fmt_flops(r['flops'])} = {r['gpu_hours']:,.0f} GPU-hours at {r['tflops_per_gpu']:g} TFLOP/s per GPU",
+            f"memory per GPU    {human_bytes(r['memory_per_gpu_bytes'])}: training state "
+            f"{human_bytes(r['state_per_gpu_bytes'])} ({how}) + {r['micro_batch_per_gpu']} videos "
+            f"per micro-batch, {act} activation checkpointing",
+        ]
+        a = r["grad_accum_to_fit"]
+        lines.append(
+            f"                  fits {r['gpu_memory_gib']:g} GiB with train.grad_accum={a} "
+            f"({r['global_batch'] // (r['gpus'] * a)} videos per micro-batch)"
+            if a
+            else f"                  does not fit {r['gpu_memory_gib']:g} GiB even at 1 video per GPU"
+        )
     lines.append("")
     lines.append("level  virtual size (FxHxW)  tokens  blocks        FLOPs/video")
     for lv in info["levels"]:
