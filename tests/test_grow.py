@@ -48,6 +48,9 @@ def test_train_cli_init_from_base(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "initialised from" in out and "grown" in out
     assert (grown_dir / "checkpoints" / "step_0000002" / "model.safetensors").exists()
+    # a grown model with larger patches (t2v-1k from t2v-base): the checkpoint's config gives the grid
+    big = ["pyramid.patch=[2,16,16]", "pyramid.target=[4,64,64]", "train.steps=1"]
+    assert main(["train", "tiny", *big, f"train.out_dir={tmp_path / 'big'}", "--init", str(base_dir)]) == 0
 
 
 def test_a_base_with_a_smaller_patch_grows_with_its_positions_resized():
