@@ -30,9 +30,10 @@ def context_errors(
     ckpt: str, sigmas=SIGMAS, num: int = 64, context: float | None = None, space: str | None = None
 ) -> dict:
     """{"context_pixel_noise": [...], "levels": {ℓ: {σ: {"right": MSE, "wrong": MSE}}}}."""
-    overrides = [f"diffusion.context_space={space}"] if space else []
-    model, cfg = load_model(ckpt, overrides=overrides)
+    model, cfg = load_model(ckpt)
     model.eval()
+    if space:  # read the context noise in another space than the model was trained with
+        cfg.diffusion.context_space = space
     geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
     if geo.num_levels < 2:
         raise SystemExit(f"{ckpt}: a one-level model has no context")
