@@ -193,6 +193,19 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return eval_cli.run(a)
 
 
+def cmd_study(a: argparse.Namespace) -> int:
+    from hpdm.study import report_study, run_study
+
+    if a.study_command == "run":
+        run_study(a.study, a.out, only=a.only, smoke=a.smoke, progress=not a.quiet)
+        result = report_study(a.out)
+    else:
+        result = report_study(a.out)
+    print((Path(a.out) / "results.md").read_text())
+    print(f"{len(result['records'])} evaluations; results.json, results.md and plots in {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hpdm", description="Hierarchical Patch Diffusion Models for video.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -332,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=at_least(0, "a number of worker processes, 0 for none"), default=0)
     p.add_argument("--test-split", action="store_true")
     p.set_defaults(fn=cmd_prepare)
+
+    p = sub.add_parser("study", help="train and evaluate the variants of a study; tables and plots")
+    ssub = p.add_subparsers(dest="study_command", required=True)
+    q = ssub.add_parser("run", help="train each variant for its budget and evaluate it (resumable)")
+    q.add_argument("study", help="a study YAML (see studies/)")
+    q.add_argument("--out", required=True, help="the study's folder")
+    q.add_argument("--only", nargs="+", default=None, metavar="NAME", help="only these variants")
+    q.add_argument("--smoke", action="store_true", help="the whole study at tiny size, to check it runs")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(fn=cmd_study)
+    q = ssub.add_parser("report", help="results.json, results.md and plots of a study folder")
+    q.add_argument("out", help="the study's folder")
+    q.set_defaults(fn=cmd_study)
 
     try:
         from hpdm.metrics import cli as eval_cli

@@ -1,0 +1,338 @@
+"""Studies: a base config, named variants, a training budget each, and the same evaluation for all.
+
+A study is a YAML file:
+
+```yaml
+name: tab3-ablation
+base: demo                       # a preset or a config YAML
+overrides: [train.batch_size=8]  # for every variant
+budget: {flops: 2.0e15}          # training FLOPs per variant, or {steps: N}
+seeds: [0]                       # training seeds (each variant trains once per seed)
+eval:
+  at: [0.5, 1.0]                 # evaluate at these fractions of the budget (a curve)
+  num: 64                        # generated and real clips (FVD per level, accuracies, seams)
+  seeds: [0, 1, 2]               # sampling seeds: error bars
+  batch_size: 8
+  sample: [sample.steps=32]      # sampling settings for every evaluation
+variants:
+  - {name: default}
+  - {name: no-coords, overrides: [model.use_coords=false]}
+  - {name: full-res, full_res: true}                        # hpdm.info.full_res_config of it
+  - {name: no-overlap, from: default, sample: [sample.overlap=none]}   # inference only
+```
+
+`run_study` trains every variant for its budget (resumable: a killed run continues from its last
+checkpoint, and finished evaluations are kept) and evaluates it with `hpdm eval report`;
+`report_study` gathers the results into `results.json`, `results.md` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hpdm.config import Config, ConfigError, load_config
+
+SMOKE_OVERRIDES = ["train.batch_size=2", "train.log_every=1", "train.ckpt_every=1000"]
+
+
+@dataclass
+class Variant:
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    full_res: bool = False
+    source: str | None = None  # `from`: evaluate this variant's checkpoint (inference only)
+    sample: list[str] = field(default_factory=list)
+    budget: dict | None = None  # its own budget (e.g. no AC at its own, higher, cost)
+
+
+@dataclass
+class Study:
+    name: str
+    base: str
+    overrides: list[str]
+    budget: dict
+    seeds: list[int]
+    variants: list[Variant]
+    eval: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> Study:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"study file {path} not found; give the path of a study YAML (see studies/)")
+        raw = yaml.safe_load(path.read_text()) or {}
+        known = {"name", "base", "overrides", "budget", "seeds", "variants", "eval"}
+        if unknown := set(raw) - known:
+            raise ConfigError(f"{path}: unknown study keys {sorted(unknown)}; known: {sorted(known)}")
+        variants = []
+        for v in raw.get("variants") or []:
+            extra = set(v) - {"name", "overrides", "full_res", "from", "sample", "budget"}
+            if "name" not in v or extra:
+                raise ConfigError(
+                    f"{path}: variant {v}: give a name, and only overrides, full_res, from, sample, budget"
+                )
+            variants.append(
+                Variant(
+                    str(v["name"]),
+                    list(v.get("overrides") or []),
+                    bool(v.get("full_res", False)),
+                    v.get("from"),
+                    list(v.get("sample") or []),
+                    v.get("budget"),
+                )
+            )
+        study = cls(
+            raw.get("name") or path.stem,
+            raw.get("base", "demo"),
+            list(raw.get("overrides") or []),
+            raw.get("budget") or {},
+            [int(s) for s in raw.get("seeds") or [0]],
+            variants,
+            {"at": [1.0], "num": 64, "seeds": [0], "batch_size": 8, "sample": [], **(raw.get("eval") or {})},
+        )
+        study.check(path)
+        return study
+
+    def check(self, path) -> None:
+        names = [v.name for v in self.variants]
+        if not names:
+            raise ConfigError(f"{path}: no variants; list at least one under `variants:`")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: variant names repeat: {names}")
+        for v in self.variants:
+            if v.source is not None and v.source not in names:
+                raise ConfigError(f"{path}: variant {v.name} is `from: {v.source}`, which is not a variant")
+            if v.source is None:
+                _check_budget(v.budget or self.budget, f"{path}: variant {v.name}")
+            for s in v.sample + list(self.eval["sample"]):
+                if not s.startswith("sample."):
+                    raise ConfigError(f"{path}: '{s}': evaluation settings are sample.key=value only")
+        if not all(0 < f <= 1 for f in self.eval["at"]):
+            raise ConfigError(
+                f"{path}: eval.at holds fractions of the budget in (0, 1], got {self.eval['at']}"
+            )
+
+    def config(self, variant: Variant, seed: int, smoke: bool = False) -> Config:
+        """The training config of a (trained) variant and seed; raises ConfigError for bad overrides."""
+        from hpdm.info import full_res_config
+
+        base, over = ("tiny", SMOKE_OVERRIDES) if smoke else (self.base, self.overrides)
+        cfg = load_config(base, [*over, *variant.overrides, f"train.seed={seed}"])
+        return full_res_config(cfg) if variant.full_res else cfg
+
+    def steps(self, variant: Variant, cfg: Config, smoke: bool = False) -> tuple[int, float]:
+        """Training steps of a variant and the FLOPs per step (one process, `hpdm info`'s count)."""
+        from hpdm.info import model_info
+
+        per_step = model_info(cfg, measure_memory=False)["train_step_flops"] * cfg.train.batch_size
+        per_step *= cfg.train.grad_accum
+        if smoke:
+            return 2, per_step
+        budget = variant.budget or self.budget
+        if "steps" in budget:
+            return int(budget["steps"]), per_step
+        return max(1, math.ceil(float(budget["flops"]) / per_step)), per_step
+
+
+def _check_budget(budget: dict, where: str) -> None:
+    if set(budget) not in ({"steps"}, {"flops"}):
+        raise ConfigError(
+            f"{where}: budget must be {{flops: F}} (training FLOPs) or {{steps: N}}, got {budget}"
+        )
+    value = float(next(iter(budget.values())))
+    if not value > 0:
+        raise ConfigError(f"{where}: budget {budget} must be positive")
+
+
+def run_study(
+    path: str | Path,
+    out: str | Path,
+    only: list[str] | None = None,
+    smoke: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Train and evaluate every variant (or those in `only`); returns the evaluation records.
+
+    Resumable: a variant's training continues from its newest checkpoint, an evaluation whose
+    `report.json` exists is read back instead of rerun. `smoke`: the whole study at `tiny` size
+    (2 steps, evaluated once on 4 clips with 2 sampling steps, one seed of each), to check it runs."""
+    from hpdm.checkpoint import list_checkpoints
+    from hpdm.metrics.report import run_report
+    from hpdm.train import Trainer
+
+    study = Study.load(path)
+    out = Path(out)
+    names = [v.name for v in study.variants]
+    if only and (bad := [n for n in only if n not in names]):
+        raise ConfigError(f"--only {bad}: not variants of {study.name}; its variants are {names}")
+    ev = dict(study.eval)
+    if smoke:
+        ev.update(
+            at=[1.0], num=4, batch_size=4, seeds=ev["seeds"][:1], sample=[*ev["sample"], "sample.steps=2"]
+        )
+    seeds = study.seeds[:1] if smoke else study.seeds
+    records = []
+    todo = [v for v in study.variants if not only or v.name in only]
+    for v in sorted(todo, key=lambda v: v.source is not None):  # trained variants first
+        trained = next(t for t in study.variants if t.name == (v.source or v.name))
+        for seed in seeds:
+            cfg = study.config(trained, seed, smoke)
+            steps, per_step = study.steps(trained, cfg, smoke)
+            cfg.train.steps = steps
+            run_dir = out / trained.name / f"seed_{seed}"
+            if v.source is not None and not list_checkpoints(run_dir):
+                raise ConfigError(
+                    f"variant {v.name} evaluates {v.source}, which has no run in {run_dir}; run it first"
+                )
+            for frac in ev["at"]:
+                step = max(1, round(frac * steps))
+                if v.source is None:
+                    _train_until(Trainer, cfg, run_dir, step, progress)
+                for es in ev["seeds"]:
+                    rec = _evaluate(run_report, run_dir, step, v, trained, ev, es, out, seed, progress)
+                    rec.update(variant=v.name, seed=seed, step=step, steps=steps, flops=step * per_step)
+                    records.append(rec)
+                    _append(out / v.name / "results.jsonl", rec)
+    return records
+
+
+def _train_until(Trainer, cfg: Config, run_dir: Path, step: int, progress: bool) -> None:
+    from hpdm.checkpoint import list_checkpoints
+
+    done = [int(p.name.split("_")[-1]) for p in list_checkpoints(run_dir)]
+    if done and max(done) >= step:
+        return
+    t0 = time.perf_counter()
+    tr = Trainer(copy.deepcopy(cfg), out_dir=run_dir, resume="auto" if done else None, progress=progress)
+    tr.train(until=step)
+    _append(run_dir / "train_seconds.jsonl", {"until": step, "seconds": round(time.perf_counter() - t0, 1)})
+
+
+def _evaluate(run_report, run_dir, step, v, trained, ev, eval_seed, out, seed, progress) -> dict:
+    ck = run_dir / "checkpoints" / f"step_{step:07d}"
+    dest = out / v.name / f"seed_{seed}" / f"eval_step_{step:07d}_seed_{eval_seed}"
+    if (dest / "report.json").exists():
+        r = json.loads((dest / "report.json").read_text())
+    else:
+        over = [*ev["sample"], *v.sample]
+        r = run_report(
+            ck,
+            dest,
+            num=ev["num"],
+            batch_size=ev["batch_size"],
+            seed=eval_seed,
+            progress=progress,
+            overrides=over,
+        )
+    return {
+        "eval_seed": eval_seed,
+        "fvd": [lv["fvd"] for lv in r["levels"]],
+        "seam_score": [lv["seam_score"] for lv in r["levels"]],
+        "class_accuracy": r["class_accuracy_fake"],
+        "shape_accuracy": r["shape_accuracy_fake"],
+        "generation_seconds": r["generation_seconds"],
+        "num": r["num_fake"],
+    }
+
+
+def _append(path: Path, rec: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def report_study(out: str | Path) -> dict:
+    """`results.json`, `results.md` and the plots of a study folder from its variants' records."""
+    out = Path(out)
+    files = sorted(out.glob("*/results.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{out}: no results yet; run `hpdm study run STUDY.yaml --out {out}` first")
+    records = {}
+    for f in files:  # a rerun evaluation appends the same record again: keep the last
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            records[(r["variant"], r["seed"], r["step"], r["eval_seed"])] = r
+    rows = _summaries(list(records.values()))
+    result = {"study": out.name, "rows": rows, "records": list(records.values())}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "results.md").write_text(_markdown(rows))
+    from hpdm.plots import line_plot
+
+    final = {}
+    for r in rows:
+        final.setdefault(r["variant"], []).append((r["flops"], r["fvd_mean"][-1], r["fvd_std"][-1]))
+    line_plot(final, out / "fvd_vs_flops.png", "training FLOPs", "FVD, finest level")
+    last = [r for r in rows if r["step"] == max(x["step"] for x in rows if x["variant"] == r["variant"])]
+    per_level = {
+        r["variant"]: [(lvl, m, s) for lvl, (m, s) in enumerate(zip(r["fvd_mean"], r["fvd_std"]))]
+        for r in last
+    }
+    line_plot(per_level, out / "fvd_per_level.png", "level", "FVD")
+    return result
+
+
+def _summaries(records: list[dict]) -> list[dict]:
+    """Mean and std over sampling and training seeds, per variant and step."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["variant"], r["step"]), []).append(r)
+    rows = []
+    for (variant, step), rs in sorted(groups.items()):
+        levels = len(rs[0]["fvd"])
+
+        def stats(values):
+            return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+        fvd = [stats([r["fvd"][lvl] for r in rs]) for lvl in range(levels)]
+        rows.append(
+            {
+                "variant": variant,
+                "step": step,
+                "flops": rs[0]["flops"],
+                "evaluations": len(rs),
+                "training_seeds": len({r["seed"] for r in rs}),
+                "fvd_mean": [m for m, _ in fvd],
+                "fvd_std": [s for _, s in fvd],
+                "class_accuracy": stats([r["class_accuracy"] for r in rs]),
+                "shape_accuracy": stats([r["shape_accuracy"] for r in rs]),
+                "seam_score": stats(
+                    [r["seam_score"][-1] for r in rs if r["seam_score"][-1] is not None] or [0.0]
+                ),
+                "generation_seconds": statistics.fmean(r["generation_seconds"] for r in rs),
+            }
+        )
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    levels = max(len(r["fvd_mean"]) for r in rows)
+    head = ["variant", "step", "training FLOPs", *[f"FVD level {lvl}" for lvl in range(levels)]]
+    head += ["class acc.", "shape acc.", "seam", "runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        # a model with fewer levels (full resolution: one) is aligned on the finest level
+        fvd = ["—"] * (levels - len(r["fvd_mean"])) + [
+            f"{m:.0f} ± {s:.0f}" for m, s in zip(r["fvd_mean"], r["fvd_std"])
+        ]
+        cells = [r["variant"], str(r["step"]), f"{r['flops']:.3g}", *fvd]
+        cells += [f"{100 * r['class_accuracy'][0]:.1f} %", f"{100 * r['shape_accuracy'][0]:.1f} %"]
+        cells += [f"{r['seam_score'][0]:.2f}", f"{r['evaluations']} ({r['training_seeds']} trained)"]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (
+        "\nMean ± std over sampling seeds and training seeds (`runs`: evaluations, and how many "
+        "training seeds they come from). A model with fewer levels is aligned on the finest level; "
+        "seam: the finest level's seam score.\n"
+    )
+    return "\n".join(lines) + "\n" + note

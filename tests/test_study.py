@@ -1,0 +1,105 @@
+"""Studies: the YAML, budgets, a whole study at tiny size (smoke), resuming it, and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from hpdm.cli import main
+from hpdm.config import ConfigError
+from hpdm.study import Study, _summaries, report_study
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _write(path, **study):
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+BASE = dict(name="s", base="tiny", budget={"steps": 3}, variants=[{"name": "default"}])
+
+
+def test_study_files_are_checked(tmp_path):
+    p = tmp_path / "s.yaml"
+    for bad, words in [
+        (dict(BASE, extra=1), "unknown study keys"),
+        (dict(BASE, variants=[]), "no variants"),
+        (dict(BASE, variants=[{"name": "a"}, {"name": "a"}]), "repeat"),
+        (dict(BASE, variants=[{"name": "a", "from": "b"}]), "from: b"),
+        (dict(BASE, budget={"hours": 1}), "budget must be"),
+        (dict(BASE, budget={"flops": -1}), "positive"),
+        (dict(BASE, eval={"sample": ["train.lr=1"]}), "sample.key=value only"),
+        (dict(BASE, eval={"at": [0.0, 1.0]}), "fractions"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            Study.load(_write(p, **bad))
+    with pytest.raises(ConfigError, match="not found"):
+        Study.load(tmp_path / "nope.yaml")
+
+
+def test_a_flop_budget_gives_the_steps_hpdm_info_counts(tmp_path):
+    from hpdm.info import model_info
+
+    study = Study.load(_write(tmp_path / "s.yaml", **dict(BASE, budget={"flops": 1e9})))
+    v = study.variants[0]
+    cfg = study.config(v, seed=0)
+    steps, per_step = study.steps(v, cfg)
+    assert per_step == model_info(cfg, measure_memory=False)["train_step_flops"] * cfg.train.batch_size
+    assert steps == math.ceil(1e9 / per_step) and (steps - 1) * per_step < 1e9 <= steps * per_step
+    full = Study.load(_write(tmp_path / "f.yaml", **dict(BASE, variants=[{"name": "f", "full_res": True}])))
+    assert full.config(full.variants[0], 0).pyramid.num_levels == 1
+
+
+def test_summaries_are_means_and_stds_over_seeds():
+    recs = [
+        dict(variant="a", seed=s, step=4, eval_seed=e, flops=8.0, fvd=[10.0 * (1 + s + e), 1.0],
+             seam_score=[None, 1.0], class_accuracy=0.5, shape_accuracy=0.25, generation_seconds=2.0)
+        for s in (0, 1) for e in (0, 1)
+    ]  # fmt: skip
+    (row,) = _summaries(recs)
+    assert row["fvd_mean"] == [20.0, 1.0] and row["evaluations"] == 4 and row["training_seeds"] == 2
+    assert row["fvd_std"][0] == pytest.approx(math.sqrt(200 / 3)) and row["fvd_std"][1] == 0
+
+
+def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
+    """A whole study at tiny size from the command line: a trained variant, its full-resolution
+    counterpart and an inference-only variant; a second run reuses everything."""
+    study = _write(
+        tmp_path / "s.yaml",
+        name="s",
+        base="demo",
+        budget={"flops": 1e15},
+        eval={"at": [0.5, 1.0], "seeds": [0, 1]},
+        variants=[
+            {"name": "default"},
+            {"name": "full-res", "full_res": True},
+            {"name": "no-overlap", "from": "default", "sample": ["sample.overlap=none"]},
+        ],
+    )
+    out = tmp_path / "out"
+    assert main(["study", "run", str(study), "--out", str(out), "--smoke", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "| default | 2 |" in text
+        and "| full-res | 2 | 2.93e+08 | — | — |" in text
+        and "| no-overlap | 2 |" in text
+    )
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["records"]) == 3  # smoke: evaluated once, one sampling seed
+    assert (out / "fvd_vs_flops.png").stat().st_size > 0 and (out / "fvd_per_level.png").stat().st_size > 0
+    assert (
+        len(result["rows"][1]["fvd_mean"]) == 1 and len(result["rows"][0]["fvd_mean"]) == 3
+    )  # full-res: 1 level
+    trained = (out / "default" / "seed_0" / "train_seconds.jsonl").read_text()
+    assert (
+        main(["study", "run", str(study), "--out", str(out), "--smoke", "--quiet", "--only", "no-overlap"])
+        == 0
+    )
+    assert (out / "default" / "seed_0" / "train_seconds.jsonl").read_text() == trained  # nothing retrained
+    assert report_study(out)["rows"] == result["rows"]  # nothing re-evaluated differently
+    assert main(["study", "run", str(study), "--out", str(out), "--only", "nope"]) == 2
+    assert "not variants" in capsys.readouterr().err
