@@ -103,3 +103,21 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
     assert report_study(out)["rows"] == result["rows"]  # nothing re-evaluated differently
     assert main(["study", "run", str(study), "--out", str(out), "--only", "nope"]) == 2
     assert "not variants" in capsys.readouterr().err
+
+
+def test_the_shipped_studies_load_and_their_variants_are_valid_configs(tmp_path):
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"tab3-ablation", "hpdm-vs-full-res", "tab4-tiling", "sampling-steps"}
+    for f in files:
+        study = Study.load(f)
+        for v in study.variants:
+            if v.source is None:
+                cfg = study.config(v, study.seeds[0])  # raises ConfigError on a bad override
+                steps, _ = study.steps(v, cfg)
+                assert steps > 100, (f.name, v.name)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variants: [{name: a  # no closing brace\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Study.load(bad)

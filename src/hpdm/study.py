@@ -68,7 +68,10 @@ class Study:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"study file {path} not found; give the path of a study YAML (see studies/)")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
         known = {"name", "base", "overrides", "budget", "seeds", "variants", "eval"}
         if unknown := set(raw) - known:
             raise ConfigError(f"{path}: unknown study keys {sorted(unknown)}; known: {sorted(known)}")
