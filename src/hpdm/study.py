@@ -243,6 +243,7 @@ def _evaluate(run_report, run_dir, step, v, trained, ev, eval_seed, out, seed, p
         "shape_accuracy": r["shape_accuracy_fake"],
         "generation_seconds": r["generation_seconds"],
         "num": r["num_fake"],
+        "machine": r.get("machine"),
     }
 
 
@@ -268,9 +269,10 @@ def report_study(out: str | Path) -> dict:
             r = json.loads(line)
             records[(r["variant"], r["seed"], r["step"], r["eval_seed"])] = r
     rows = _summaries(list(records.values()))
-    result = {"study": out.name, "rows": rows, "records": list(records.values())}
+    machines = sorted({str(r.get("machine")) for r in records.values()})
+    result = {"study": out.name, "machines": machines, "rows": rows, "records": list(records.values())}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    (out / "results.md").write_text(_markdown(rows))
+    (out / "results.md").write_text(_markdown(rows) + "\nMeasured on: " + "; ".join(machines) + "\n")
     from hpdm.plots import line_plot
 
     final = {}

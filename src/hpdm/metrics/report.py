@@ -194,7 +194,7 @@ def run_report(
         real_labels.append(b["label"])
     reals = [torch.cat(v) for v in real_levels]
 
-    extractor = I3DFeatureExtractor(batch_size=batch_size)
+    extractor = I3DFeatureExtractor(batch_size=batch_size, device=next(model.parameters()).device)
     fvd = []
     for lvl in range(geo.num_levels):
         fr = np.concatenate([extractor(to_fvd_clip(x)) for x in reals[lvl].split(batch_size)])
