@@ -82,3 +82,22 @@ def test_object_persistence(held_out):
     assert persistence(object_areas(real, (labels + 1) % NUM_CLASSES)) < 0.1
     with pytest.raises(ValueError, match="labels must be shapes classes"):
         object_areas(real, labels + NUM_CLASSES)
+
+
+def test_object_counts_find_one_object_per_real_frame_and_two_side_by_side():
+    """Real clips show one object in every frame (a ring's hole keeps it one region); two clips
+    side by side show two; a speck below min_area does not count."""
+    from hpdm.data.shapes import render_shapes
+    from hpdm.metrics.objects import object_counts
+
+    video, labels, _ = render_shapes(torch.arange(8), 8, 64, 64)
+    assert torch.all(object_counts(video, labels) == 1)
+    assert torch.all(object_counts(torch.cat([video, video], dim=-1), labels) == 2)
+    from hpdm.data.shapes import CLASS_COLOURS
+
+    blank = torch.full_like(video, -1.0)
+    assert torch.all(object_counts(blank, labels) == 0)
+    colour = torch.tensor(CLASS_COLOURS)[labels] * 2 - 1  # (B, 3) in [-1, 1]
+    blank[..., 5:7, 5:7] = colour[:, :, None, None, None]  # 4 pixels: below 0.2 % of 64x64
+    blank[..., 30:40, 30:40] = colour[:, :, None, None, None]  # 100 pixels: an object
+    assert torch.all(object_counts(blank, labels) == 1)
