@@ -658,3 +658,39 @@ def test_no_function_in_the_sampler_is_long():
         if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > 60
     }
     assert not long, long
+
+
+def test_layout_sigma_samples_level0_whole_first_when_it_is_several_tiles(tiny, monkeypatch):
+    """`sample.layout_sigma`: at a size whose level 0 is several tiles, level 0 is first sampled
+    at the patch size (one tile), then the tiles start from it, stretched, at σ = layout_sigma;
+    at the training size, where level 0 is one tile, the option changes nothing."""
+    import hpdm.sampling as sampling
+
+    cfg, model = tiny
+    on = load_config("tiny", ["sample.layout_sigma=2.0"])
+    base = Sampler(model, cfg).generate(num=2, seed=3, progress=False)
+    assert torch.equal(Sampler(model, on).generate(num=2, seed=3, progress=False).video, base.video)
+
+    calls = []
+    real = sampling.sample_level
+
+    def spy(plan, denoise, noise, *a, **kw):
+        calls.append((plan.level, tuple(plan.canvas), len(plan.tiles), float(plan.sigmas[0]), noise.clone()))
+        out = real(plan, denoise, noise, *a, **kw)
+        calls[-1] += (out,)
+        return out
+
+    monkeypatch.setattr(sampling, "sample_level", spy)
+    wide = Sampler(model, on).generate(num=2, size=(4, 32, 64), seed=3, progress=False)
+    (_, thumb_canvas, thumb_tiles, thumb_sigma, _, thumb), (_, canvas, tiles, sigma, noise, _) = calls[:2]
+    assert (
+        thumb_canvas == tuple(cfg.pyramid.patch) and thumb_tiles == 1 and thumb_sigma == cfg.sample.sigma_max
+    )
+    assert canvas == (2, 8, 16) and tiles > 1 and sigma == pytest.approx(2.0)
+    stretched = torch.nn.functional.interpolate(thumb, size=canvas, mode="trilinear", align_corners=False)
+    assert (
+        (noise - stretched / 2.0).std() - 1
+    ).abs() < 0.2  # the start: the stretched thumbnail + unit noise
+    assert wide.levels[0].shape[-3:] == canvas
+    with pytest.raises(ConfigError, match="layout_sigma"):
+        load_config("tiny", ["sample.layout_sigma=-1"])

@@ -191,6 +191,11 @@ class SampleConfig:
     # sigma_max, so they fall where the finer levels were trained. 0 = off (pure noise at sigma_max);
     # a list gives one per level (0 at level 0)
     start_sigma: float | list[float] = 0.0
+    # outputs larger than training, where level 0 is several tiles (not in the paper): > 0 first
+    # samples level 0 at the patch size (the whole video squeezed into one tile: one layout),
+    # stretches it to the canvas and starts level 0's tiles from it at this σ (SDEdit); 0 = the
+    # tiles start from noise, and each may draw its own object
+    layout_sigma: float = 0.0
     cache: str = "context"  # context | none
     cache_budget_mb: int = 2048
     fps: int = 8
@@ -539,6 +544,8 @@ def validate(cfg: Config) -> None:
     _choice(s.sampler0, ("heun", "euler"), "sample.sampler0")
     _choice(s.sampler, ("heun", "euler"), "sample.sampler")
     _choice(s.overlap, ("none", "spatial", "full"), "sample.overlap")
+    if s.layout_sigma < 0:
+        raise ConfigError(f"sample.layout_sigma={s.layout_sigma}: give a σ > 0 (e.g. 2.0), or 0 for off")
     _choice(s.cache, ("context", "none"), "sample.cache")
     _check_tile_stride(s, p.patch)
     if isinstance(s.cfg, list) and len(s.cfg) != p.num_levels:

@@ -18,6 +18,7 @@ The network interface the sampler uses (`hpdm.model.hpdm.HPDM`): `forward_level`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -445,8 +446,11 @@ class Cascade:
                     run.diffusion.sigma_in[plan.level]
                 )
             else:
-                denoise = self.level_denoiser(plan, run, finished, ctx_levels, scale, cache)
-                y = sample_level(plan, denoise, self._start(plan, run, finished), s, gens, progress)
+
+                def denoiser(p: LevelPlan, scale=scale) -> Denoiser:
+                    return self.level_denoiser(p, run, finished, ctx_levels, scale, cache)
+
+                y = self.sample_plan(plan, run, finished, denoiser)
             finished.append(y)
             eps = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(self.device)
             ctx_levels.append(y + run.diffusion.context_sigma(s.context_sigma, plan.level) * eps)
@@ -544,15 +548,36 @@ class Cascade:
             out.append(ContextCrop(crop(ctx_levels[k], pix, self.patch, tiling.index) * c_in, c_noise, boxes))
         return out
 
-    def _start(self, plan: LevelPlan, run: _Run, finished: list[torch.Tensor]) -> torch.Tensor:
-        """The unit noise a level starts from; with a truncated start (SDEdit) plus the coarser
-        level, upsampled into this level's scaled space, over σ_start (the sampler multiplies by it)."""
+    def sample_plan(self, plan: LevelPlan, run: _Run, finished, denoiser: Callable) -> torch.Tensor:
+        """One level's canvas in its scaled space; `denoiser(plan)` builds the level's denoiser.
+
+        With `sample.layout_sigma` and a level 0 of several tiles, level 0 is first sampled at the
+        patch size (one tile, one layout), stretched to the canvas, and the tiles start from it."""
+        s, gens, progress = self.cfg.sample, run.gens, run.progress
+        if plan.level > 0 or s.layout_sigma <= 0 or tuple(plan.canvas) == self.patch:
+            return sample_level(plan, denoiser(plan), self._start(plan, run, finished), s, gens, progress)
+        tile = torch.zeros(1, 3, dtype=torch.long)
+        thumb_plan = dataclasses.replace(plan, canvas=self.patch, tiles=tile)
+        thumb = sample_level(
+            thumb_plan, denoiser(thumb_plan), self._start(thumb_plan, run, []), s, gens, progress
+        )
+        sigmas = karras_sigmas(plan.steps, s.sigma_min, s.layout_sigma, s.rho)
+        rest = dataclasses.replace(plan, sigmas=sigmas, start=s.layout_sigma)
+        return sample_level(
+            rest, denoiser(rest), self._start(rest, run, finished, prior=thumb), s, gens, progress
+        )
+
+    def _start(self, plan: LevelPlan, run: _Run, finished: list[torch.Tensor], prior=None) -> torch.Tensor:
+        """The unit noise a level starts from; with a truncated start (SDEdit) plus `prior` (by
+        default the coarser level in this level's scaled space), upsampled to the canvas, over
+        σ_start (the sampler multiplies by it)."""
         noise = torch.stack([torch.randn(3, *plan.canvas, generator=g) for g in run.gens]).to(self.device)
         if plan.start > 0:
-            prev = run.diffusion.rescale(finished[plan.level - 1], plan.level - 1, plan.level)
+            if prior is None:
+                prior = run.diffusion.rescale(finished[plan.level - 1], plan.level - 1, plan.level)
             noise = (
                 noise
-                + F.interpolate(prev, size=plan.canvas, mode="trilinear", align_corners=False) / plan.start
+                + F.interpolate(prior, size=plan.canvas, mode="trilinear", align_corners=False) / plan.start
             )
         return noise
 
@@ -686,17 +711,20 @@ class Sampler:
         )
         scale = guidance_scales(s.cfg if guidance is None else guidance, geo.num_levels)[0]
         use_cfg = scale != 1.0 and run.cond.given()
-        tiling = c.tiling(plan, run)
-        branches = c.branches(c.model, plan, run, tiling, [], use_cfg, "none")
-        if self.base is not None:
-            base = c.branches(self.base, plan, run, tiling, [], use_cfg, "none")
-            branches = {k: Switch(base[k], b, s.base_interval) for k, b in branches.items()}
-        guidance = [classifier_free(scale, s.cfg_interval)] if use_cfg else []
-        if auto:
-            branches["guide"] = Branch(self.guide, 0, tiling, [], run.cond, cache=False)
-            guidance.append(autoguidance(s.guide_scale, s.guide_interval))
-        denoise = TiledDenoiser(tiling, branches, guidance, run.diffusion.sigma_data[0])
-        y = sample_level(plan, denoise, c._start(plan, run, []), s, gens, progress)
+
+        def denoiser(p: LevelPlan) -> Denoiser:
+            tiling = c.tiling(p, run)
+            branches = c.branches(c.model, p, run, tiling, [], use_cfg, "none")
+            if self.base is not None:
+                base = c.branches(self.base, p, run, tiling, [], use_cfg, "none")
+                branches = {k: Switch(base[k], b, s.base_interval) for k, b in branches.items()}
+            guidance = [classifier_free(scale, s.cfg_interval)] if use_cfg else []
+            if auto:
+                branches["guide"] = Branch(self.guide, 0, tiling, [], run.cond, cache=False)
+                guidance.append(autoguidance(s.guide_scale, s.guide_interval))
+            return TiledDenoiser(tiling, branches, guidance, run.diffusion.sigma_data[0])
+
+        y = c.sample_plan(plan, run, [], denoiser)
         return y * run.diffusion.sigma_in[0], plans, run
 
 
