@@ -10,7 +10,7 @@ import yaml
 
 from hpdm.cli import main
 from hpdm.config import ConfigError
-from hpdm.study import Study, _summaries, report_study
+from hpdm.study import Study, _eval_seeds, _summaries, report_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -65,6 +65,33 @@ def test_summaries_are_means_and_stds_over_seeds():
     assert row["fvd_std"][0] == pytest.approx(math.sqrt(200 / 3)) and row["fvd_std"][1] == 0
 
 
+def test_curve_points_use_the_first_sampling_seed_and_the_final_point_all():
+    ev = {"at": [0.25, 0.5, 1.0], "seeds": [3, 4, 5]}
+    assert [_eval_seeds(ev, f) for f in ev["at"]] == [[3], [3], [3, 4, 5]]
+
+
+def test_real_features_are_cached_by_content(tmp_path):
+    import torch
+
+    from hpdm.metrics.report import _real_features
+
+    class Counting:
+        weights_sha256 = "w"
+        calls = 0
+
+        def __call__(self, x):
+            self.calls += 1
+            return x.flatten(1)[:, :4].numpy()
+
+    ex, a = Counting(), torch.rand(4, 3, 16, 8, 8) * 2 - 1
+    first = _real_features(ex, a, 2, tmp_path)
+    assert ex.calls == 2 and (_real_features(ex, a.clone(), 2, tmp_path) == first).all() and ex.calls == 2
+    b = a.clone()
+    b[0, 0, 0, 0, 0] = 0.123  # other clips: computed again
+    _real_features(ex, b, 2, tmp_path)
+    assert ex.calls == 4 and len(list(tmp_path.glob("*.npy"))) == 2
+
+
 def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
     """A whole study at tiny size from the command line: a trained variant, its full-resolution
     counterpart and an inference-only variant; a second run reuses everything."""
@@ -94,6 +121,9 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
     assert (
         len(result["rows"][1]["fvd_mean"]) == 1 and len(result["rows"][0]["fvd_mean"]) == 3
     )  # full-res: 1 level
+    # the real clips' I3D features are computed once: default's 3 levels; full-res's target-size
+    # clips are default's finest level, and no-overlap draws default's clips again
+    assert len(list((out / ".real_i3d").glob("real_i3d_*.npy"))) == 3
     trained = (out / "default" / "seed_0" / "train_seconds.jsonl").read_text()
     assert (
         main(["study", "run", str(study), "--out", str(out), "--smoke", "--quiet", "--only", "no-overlap"])

@@ -9,7 +9,8 @@ overrides: [train.batch_size=8]  # for every variant
 budget: {flops: 2.0e15}          # training FLOPs per variant, or {steps: N}
 seeds: [0]                       # training seeds (each variant trains once per seed)
 eval:
-  at: [0.5, 1.0]                 # evaluate at these fractions of the budget (a curve)
+  at: [0.5, 1.0]                 # evaluate at these fractions of the budget (a curve): the last
+                                 # with every sampling seed, the others with the first
   num: 64                        # generated and real clips (FVD per level, accuracies, seams)
   seeds: [0, 1, 2]               # sampling seeds: error bars
   batch_size: 8
@@ -22,7 +23,8 @@ variants:
 ```
 
 `run_study` trains every variant for its budget (resumable: a killed run continues from its last
-checkpoint, and finished evaluations are kept) and evaluates it with `hpdm eval report`;
+checkpoint, and finished evaluations are kept) and evaluates it with `hpdm eval report` (the
+real clips' I3D features are computed once per study, in `OUT/.real_i3d`);
 `report_study` gathers the results into `results.json`, `results.md` and PNG plots.
 """
 
@@ -199,12 +201,17 @@ def run_study(
                 step = max(1, round(frac * steps))
                 if v.source is None:
                     _train_until(Trainer, cfg, run_dir, step, progress)
-                for es in ev["seeds"]:
+                for es in _eval_seeds(ev, frac):
                     rec = _evaluate(run_report, run_dir, step, v, trained, ev, es, out, seed, progress)
                     rec.update(variant=v.name, seed=seed, step=step, steps=steps, flops=step * per_step)
                     records.append(rec)
                     _append(out / v.name / "results.jsonl", rec)
     return records
+
+
+def _eval_seeds(ev: dict, frac: float) -> list[int]:
+    """Sampling seeds at a point of the curve: all at the final one (error bars), else the first."""
+    return list(ev["seeds"]) if frac == max(ev["at"]) else list(ev["seeds"][:1])
 
 
 def _train_until(Trainer, cfg: Config, run_dir: Path, step: int, progress: bool) -> None:
@@ -234,6 +241,7 @@ def _evaluate(run_report, run_dir, step, v, trained, ev, eval_seed, out, seed, p
             seed=eval_seed,
             progress=progress,
             overrides=over,
+            feature_cache=out / ".real_i3d",
         )
     return {
         "eval_seed": eval_seed,

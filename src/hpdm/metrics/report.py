@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,10 +154,13 @@ def run_report(
     shape_classifier_path: str | None = None,
     guidance: float | list[float] | None = None,
     overrides: list[str] | None = None,
+    feature_cache: str | Path | None = None,
 ) -> dict:
     """FVD per pyramid level, seam score and class accuracy of a `shapes` model; JSON + Markdown.
 
-    `overrides`: `sample.key=value` generation settings (see `load_model`)."""
+    `overrides`: `sample.key=value` generation settings (see `load_model`). `feature_cache`: a
+    folder keeping the real clips' I3D features, keyed by the clips' content, so reports that
+    draw the same real clips (a study's variants) run the detector on them once."""
     from hpdm.checkpoint import load_model, resolve_checkpoint
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.fvd import I3DFeatureExtractor, compute_stats, frechet_distance
@@ -197,7 +201,7 @@ def run_report(
     extractor = I3DFeatureExtractor(batch_size=batch_size, device=next(model.parameters()).device)
     fvd = []
     for lvl in range(geo.num_levels):
-        fr = np.concatenate([extractor(to_fvd_clip(x)) for x in reals[lvl].split(batch_size)])
+        fr = _real_features(extractor, reals[lvl], batch_size, feature_cache)
         ff = np.concatenate([extractor(to_fvd_clip(x)) for x in fakes[lvl].split(batch_size)])
         fvd.append(frechet_distance(*compute_stats(fr), *compute_stats(ff)))
     seams = [
@@ -267,6 +271,28 @@ def run_report(
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(report_markdown(report))
     return report
+
+
+def _real_features(extractor, videos: torch.Tensor, batch_size: int, cache: str | Path | None) -> np.ndarray:
+    """I3D features of real clips, read from / written to `cache` under the clips' content hash."""
+    import hashlib
+
+    def compute():
+        return np.concatenate([extractor(to_fvd_clip(x)) for x in videos.split(batch_size)])
+
+    if cache is None:
+        return compute()
+    h = hashlib.sha256(videos.detach().cpu().contiguous().numpy().tobytes())
+    h.update(f"{tuple(videos.shape)} {extractor.weights_sha256}".encode())
+    path = Path(cache) / f"real_i3d_{h.hexdigest()[:24]}.npy"
+    if path.exists():
+        return np.load(path)
+    feats = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(path)  # atomic: a killed run never leaves half a file
+    return feats
 
 
 def report_markdown(r: dict) -> str:
