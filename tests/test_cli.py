@@ -227,6 +227,8 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
                 "4",
                 "--cfg",
                 "2,1,1",
+                "--size",
+                "4x32x64",  # wider than training: real clips are rendered at this size too
                 "--shape-classifier",
                 str(files("hpdm") / "assets" / "shape_classifier" / "model.safetensors"),
                 "--out",
@@ -245,6 +247,8 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     assert all(0 <= lv["shape_accuracy_real"] <= 1 for lv in r["levels"])
     assert "shape accuracy (real)" in (out / "report.md").read_text()
     assert r["guidance"] == [2.0, 1.0, 1.0]
+    assert r["size"] == [4, 32, 64] and r["levels"][0]["size"] == [2, 8, 16]
+    assert r["objects_per_frame_fake"] >= 0 and 0.5 < r["objects_per_frame_real"] <= 1.5
     fvd_json = tmp_path / "fvd.json"
     assert (
         main(

@@ -57,10 +57,12 @@ def test_a_flop_budget_gives_the_steps_hpdm_info_counts(tmp_path):
 def test_summaries_are_means_and_stds_over_seeds():
     recs = [
         dict(variant="a", seed=s, step=4, eval_seed=e, flops=8.0, fvd=[10.0 * (1 + s + e), 1.0],
-             seam_score=[None, 1.0], class_accuracy=0.5, shape_accuracy=0.25, generation_seconds=2.0)
+             seam_score=[None, 1.0], class_accuracy=0.5, shape_accuracy=0.25, generation_seconds=2.0,
+             num=4, objects_per_frame=1.0 + e)
         for s in (0, 1) for e in (0, 1)
     ]  # fmt: skip
     (row,) = _summaries(recs)
+    assert row["seconds_per_clip"] == 0.5 and row["objects_per_frame"][0] == 1.5
     assert row["fvd_mean"] == [20.0, 1.0] and row["evaluations"] == 4 and row["training_seeds"] == 2
     assert row["fvd_std"][0] == pytest.approx(math.sqrt(200 / 3)) and row["fvd_std"][1] == 0
 
@@ -105,6 +107,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
             {"name": "default"},
             {"name": "full-res", "full_res": True},
             {"name": "no-overlap", "from": "default", "sample": ["sample.overlap=none"]},
+            {"name": "wide", "from": "default", "size": [16, 128, 256]},  # smoke: tiny's target, 2x wide
         ],
     )
     out = tmp_path / "out"
@@ -116,14 +119,18 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
         and "| no-overlap | 2 |" in text
     )
     result = json.loads((out / "results.json").read_text())
-    assert len(result["records"]) == 3  # smoke: evaluated once, one sampling seed
+    assert len(result["records"]) == 4  # smoke: evaluated once, one sampling seed
+    wide = next(r for r in result["rows"] if r["variant"] == "wide")
+    default = next(r for r in result["rows"] if r["variant"] == "default")
+    assert wide["size"][2] == 2 * default["size"][2] and wide["size"][:2] == default["size"][:2]
+    assert wide["objects_per_frame"][0] >= 0 and "| wide |" in text
     assert (out / "fvd_vs_flops.png").stat().st_size > 0 and (out / "fvd_per_level.png").stat().st_size > 0
     assert (
         len(result["rows"][1]["fvd_mean"]) == 1 and len(result["rows"][0]["fvd_mean"]) == 3
     )  # full-res: 1 level
-    # the real clips' I3D features are computed once: default's 3 levels; full-res's target-size
-    # clips are default's finest level, and no-overlap draws default's clips again
-    assert len(list((out / ".real_i3d").glob("real_i3d_*.npy"))) == 3
+    # the real clips' I3D features are computed once: default's 3 levels and wide's 3; full-res's
+    # target-size clips are default's finest level, and no-overlap draws default's clips again
+    assert len(list((out / ".real_i3d").glob("real_i3d_*.npy"))) == 6
     trained = (out / "default" / "seed_0" / "train_seconds.jsonl").read_text()
     assert (
         main(["study", "run", str(study), "--out", str(out), "--smoke", "--quiet", "--only", "no-overlap"])
@@ -150,4 +157,7 @@ def test_the_shipped_studies_load_and_their_variants_are_valid_configs(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("variants: [{name: a  # no closing brace\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
+        Study.load(bad)
+    bad.write_text("variants: [{name: a, size: [128, 256]}]\n")
+    with pytest.raises(ConfigError, match=r"size is \[frames, height, width\]"):
         Study.load(bad)

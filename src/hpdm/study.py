@@ -53,6 +53,7 @@ class Variant:
     source: str | None = None  # `from`: evaluate this variant's checkpoint (inference only)
     sample: list[str] = field(default_factory=list)
     budget: dict | None = None  # its own budget (e.g. no AC at its own, higher, cost)
+    size: list[int] | None = None  # evaluate at this (F, H, W), e.g. wider than training
 
 
 @dataclass
@@ -79,10 +80,16 @@ class Study:
             raise ConfigError(f"{path}: unknown study keys {sorted(unknown)}; known: {sorted(known)}")
         variants = []
         for v in raw.get("variants") or []:
-            extra = set(v) - {"name", "overrides", "full_res", "from", "sample", "budget"}
+            extra = set(v) - {"name", "overrides", "full_res", "from", "sample", "budget", "size"}
             if "name" not in v or extra:
                 raise ConfigError(
-                    f"{path}: variant {v}: give a name, and only overrides, full_res, from, sample, budget"
+                    f"{path}: variant {v}: give a name, and only overrides, full_res, from, sample, budget, size"
+                )
+            if v.get("size") is not None and (
+                len(v["size"]) != 3 or not all(isinstance(n, int) and n > 0 for n in v["size"])
+            ):
+                raise ConfigError(
+                    f"{path}: variant {v['name']}: size is [frames, height, width], got {v['size']}"
                 )
             variants.append(
                 Variant(
@@ -92,6 +99,7 @@ class Study:
                     v.get("from"),
                     list(v.get("sample") or []),
                     v.get("budget"),
+                    v.get("size"),
                 )
             )
         study = cls(
@@ -201,12 +209,24 @@ def run_study(
                 step = max(1, round(frac * steps))
                 if v.source is None:
                     _train_until(Trainer, cfg, run_dir, step, progress)
+                size = _eval_size(study, trained, v, cfg, smoke)
                 for es in _eval_seeds(ev, frac):
-                    rec = _evaluate(run_report, run_dir, step, v, trained, ev, es, out, seed, progress)
+                    rec = _evaluate(run_report, run_dir, step, v, size, ev, es, out, seed, progress)
                     rec.update(variant=v.name, seed=seed, step=step, steps=steps, flops=step * per_step)
                     records.append(rec)
                     _append(out / v.name / "results.jsonl", rec)
     return records
+
+
+def _eval_size(study: Study, trained: Variant, v: Variant, cfg: Config, smoke: bool):
+    """The size a variant is evaluated at: None (the training target) or its `size`; a smoke run
+    scales it by the same ratio to the tiny model's target."""
+    if v.size is None:
+        return None
+    if not smoke:
+        return tuple(v.size)
+    full = study.config(trained, 0).pyramid.target
+    return tuple(max(1, round(t * s / f)) for t, s, f in zip(cfg.pyramid.target, v.size, full))
 
 
 def _eval_seeds(ev: dict, frac: float) -> list[int]:
@@ -226,7 +246,7 @@ def _train_until(Trainer, cfg: Config, run_dir: Path, step: int, progress: bool)
     _append(run_dir / "train_seconds.jsonl", {"until": step, "seconds": round(time.perf_counter() - t0, 1)})
 
 
-def _evaluate(run_report, run_dir, step, v, trained, ev, eval_seed, out, seed, progress) -> dict:
+def _evaluate(run_report, run_dir, step, v, size, ev, eval_seed, out, seed, progress) -> dict:
     ck = run_dir / "checkpoints" / f"step_{step:07d}"
     dest = out / v.name / f"seed_{seed}" / f"eval_step_{step:07d}_seed_{eval_seed}"
     if (dest / "report.json").exists():
@@ -242,6 +262,7 @@ def _evaluate(run_report, run_dir, step, v, trained, ev, eval_seed, out, seed, p
             progress=progress,
             overrides=over,
             feature_cache=out / ".real_i3d",
+            size=size,
         )
     return {
         "eval_seed": eval_seed,
@@ -250,6 +271,8 @@ def _evaluate(run_report, run_dir, step, v, trained, ev, eval_seed, out, seed, p
         "class_accuracy": r["class_accuracy_fake"],
         "shape_accuracy": r["shape_accuracy_fake"],
         "generation_seconds": r["generation_seconds"],
+        "objects_per_frame": r.get("objects_per_frame_fake"),
+        "size": r.get("size"),
         "num": r["num_fake"],
         "machine": r.get("machine"),
     }
@@ -324,6 +347,11 @@ def _summaries(records: list[dict]) -> list[dict]:
                     [r["seam_score"][-1] for r in rs if r["seam_score"][-1] is not None] or [0.0]
                 ),
                 "generation_seconds": statistics.fmean(r["generation_seconds"] for r in rs),
+                "seconds_per_clip": statistics.fmean(r["generation_seconds"] / r["num"] for r in rs),
+                "objects_per_frame": stats([r["objects_per_frame"] for r in rs])
+                if all(r.get("objects_per_frame") is not None for r in rs)
+                else None,
+                "size": rs[0].get("size"),
             }
         )
     return rows
@@ -332,7 +360,7 @@ def _summaries(records: list[dict]) -> list[dict]:
 def _markdown(rows: list[dict]) -> str:
     levels = max(len(r["fvd_mean"]) for r in rows)
     head = ["variant", "step", "training FLOPs", *[f"FVD level {lvl}" for lvl in range(levels)]]
-    head += ["class acc.", "shape acc.", "seam", "runs"]
+    head += ["class acc.", "shape acc.", "seam", "objects / frame", "s / clip", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         # a model with fewer levels (full resolution: one) is aligned on the finest level
@@ -341,11 +369,14 @@ def _markdown(rows: list[dict]) -> str:
         ]
         cells = [r["variant"], str(r["step"]), f"{r['flops']:.3g}", *fvd]
         cells += [f"{100 * r['class_accuracy'][0]:.1f} %", f"{100 * r['shape_accuracy'][0]:.1f} %"]
-        cells += [f"{r['seam_score'][0]:.2f}", f"{r['evaluations']} ({r['training_seeds']} trained)"]
+        objects = r.get("objects_per_frame")
+        cells += [f"{r['seam_score'][0]:.2f}", f"{objects[0]:.2f} ± {objects[1]:.2f}" if objects else "—"]
+        cells += [f"{r['seconds_per_clip']:.2f}", f"{r['evaluations']} ({r['training_seeds']} trained)"]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nMean ± std over sampling seeds and training seeds (`runs`: evaluations, and how many "
         "training seeds they come from). A model with fewer levels is aligned on the finest level; "
-        "seam: the finest level's seam score.\n"
+        "seam: the finest level's seam score; objects / frame: connected regions of the class "
+        "colour (1 in real clips); s / clip: generation seconds per clip (machine below).\n"
     )
     return "\n".join(lines) + "\n" + note

@@ -29,7 +29,7 @@ def _shape_size(text: str) -> float:
 
 
 def add_parser(sub) -> None:
-    from hpdm.args import at_least, device_arg, guidance_arg, positive_int
+    from hpdm.args import at_least, device_arg, guidance_arg, positive_int, size_arg
 
     clips = at_least(2, "a number of clips, 2 or more for the covariance FVD needs")
 
@@ -120,6 +120,12 @@ def add_parser(sub) -> None:
         help="guidance scale, or one per level (default: the checkpoint's)",
     )
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--size",
+        type=size_arg,
+        default=None,
+        help="generate and compare at FxHxW, e.g. 16x128x256 (default: the training target)",
+    )
     q.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     q.add_argument(
         "--shape-classifier",
@@ -409,6 +415,7 @@ def run_report_cmd(a: argparse.Namespace) -> int:
         shape_classifier_path=a.shape_classifier,
         guidance=a.cfg,
         overrides=a.overrides,
+        size=a.size,
     )
     print(report_markdown(r))
     print(f"written to {a.out}/report.json and {a.out}/report.md")

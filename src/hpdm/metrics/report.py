@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hpdm.config import Config
-from hpdm.pyramid import PyramidGeometry, level_videos
+from hpdm.pyramid import level_videos
 
 FVD_FRAMES = 16
 
@@ -28,14 +28,24 @@ def to_fvd_clip(videos: torch.Tensor) -> torch.Tensor:
 
 
 def real_batches(
-    cfg: Config, num: int, batch_size: int = 8, seed: int = 1, balanced: bool = True, train: bool = True
+    cfg: Config,
+    num: int,
+    batch_size: int = 8,
+    seed: int = 1,
+    balanced: bool = True,
+    train: bool = True,
+    size: tuple[int, int, int] | None = None,
 ) -> Iterator[dict]:
-    """Batches of real clips at the config's target size: {"video", "label"}.
+    """Batches of real clips at the config's target size (or `size`): {"video", "label"}.
 
-    `shapes` renders clips directly (balanced classes when asked); other datasets are read in a
-    seeded order.
+    `shapes` renders clips directly (balanced classes when asked), at any size; other datasets
+    are read in a seeded order at the size they were prepared for.
     """
-    F, H, W = cfg.pyramid.target
+    F, H, W = size or cfg.pyramid.target
+    if size is not None and tuple(size) != tuple(cfg.pyramid.target) and cfg.data.dataset != "shapes":
+        raise ValueError(
+            f"real clips at {tuple(size)} need the `shapes` dataset; {cfg.data.dataset} is read as prepared"
+        )
     if cfg.data.dataset == "shapes":
         from hpdm.data.shapes import NUM_CLASSES, render_shapes
 
@@ -155,17 +165,21 @@ def run_report(
     guidance: float | list[float] | None = None,
     overrides: list[str] | None = None,
     feature_cache: str | Path | None = None,
+    size: tuple[int, int, int] | None = None,
 ) -> dict:
     """FVD per pyramid level, seam score and class accuracy of a `shapes` model; JSON + Markdown.
 
     `overrides`: `sample.key=value` generation settings (see `load_model`). `feature_cache`: a
     folder keeping the real clips' I3D features, keyed by the clips' content, so reports that
-    draw the same real clips (a study's variants) run the detector on them once."""
+    draw the same real clips (a study's variants) run the detector on them once. `size`: generate
+    (and render the real clips) at this (F, H, W) instead of the training target, e.g. wider than
+    training; objects per frame are reported at every size."""
     from hpdm.checkpoint import load_model, resolve_checkpoint
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.fvd import I3DFeatureExtractor, compute_stats, frechet_distance
-    from hpdm.metrics.objects import object_areas, persistence
+    from hpdm.metrics.objects import object_areas, object_counts, persistence
     from hpdm.metrics.seam import blockiness, judder, seam_score
+    from hpdm.sampling import output_geometry
 
     ck = resolve_checkpoint(ckpt)
     model, cfg = load_model(ck, overrides=overrides)
@@ -177,12 +191,21 @@ def run_report(
     overlap = overlap or cfg.sample.overlap
     stride = cfg.sample.tile_stride if overlap != "none" else None
     guidance = cfg.sample.cfg if guidance is None else guidance
-    geo = PyramidGeometry(cfg.pyramid.patch, cfg.pyramid.target, cfg.pyramid.num_levels)
+    geo = output_geometry(cfg, size)  # a clear error for a size the pyramid cannot make
     t0 = time.perf_counter()
     fake_levels: list[list[torch.Tensor]] = [[] for _ in range(geo.num_levels)]
     fake_labels = []
     for gen in fake_batches(
-        model, cfg, num, batch_size, seed, progress, steps=steps, overlap=overlap, guidance=guidance
+        model,
+        cfg,
+        num,
+        batch_size,
+        seed,
+        progress,
+        steps=steps,
+        overlap=overlap,
+        guidance=guidance,
+        size=size,
     ):
         for lvl, v in enumerate(gen.levels):
             fake_levels[lvl].append(v)
@@ -192,7 +215,7 @@ def run_report(
     labels = torch.cat(fake_labels)
     real_levels: list[list[torch.Tensor]] = [[] for _ in range(geo.num_levels)]
     real_labels = []
-    for b in real_batches(cfg, num, batch_size, seed=seed + 1):
+    for b in real_batches(cfg, num, batch_size, seed=seed + 1, size=geo.target):
         for lvl, v in enumerate(level_videos(b["video"], geo)):
             real_levels[lvl].append(v)
         real_labels.append(b["label"])
@@ -229,6 +252,8 @@ def run_report(
     shape_fake, shape_real = shapes[-1]
     area_fake = object_areas(fakes[-1], labels)
     area_real = object_areas(reals[-1], torch.cat(real_labels))
+    objects_fake = object_counts(fakes[-1], labels).float()
+    objects_real = object_counts(reals[-1], torch.cat(real_labels)).float()
     report = {
         "checkpoint": str(ck),
         "num_fake": num,
@@ -261,6 +286,9 @@ def run_report(
         "object_persistence_real": persistence(area_real),
         "object_area_fake": float(area_fake.mean()),
         "object_area_real": float(area_real.mean()),
+        "objects_per_frame_fake": float(objects_fake.mean()),
+        "objects_per_frame_real": float(objects_real.mean()),
+        "size": list(geo.target),
         "generation_seconds": round(gen_seconds, 1),
         "fvd_protocol": "I3D logits, clips stretched to 16 frames by repetition when shorter, 224², "
         f"{num} real (held-out shapes seeds, balanced classes) vs {num} fake (balanced)",
@@ -325,6 +353,10 @@ def report_markdown(r: dict) -> str:
     ]
     lines += ["", "| final level | generated | real |", "|---|---|---|"]
     lines += [f"| {name} | {100 * r[k + '_fake']:.1f}% | {100 * r[k + '_real']:.1f}% |" for name, k in rows]
+    if "objects_per_frame_fake" in r:
+        lines += [
+            f"| objects per frame | {r['objects_per_frame_fake']:.2f} | {r['objects_per_frame_real']:.2f} |"
+        ]
     lines += [
         "",
         "Seam score 1.0 = invisible seams. Blockiness: the gradient across even pixel boundaries "
