@@ -161,3 +161,23 @@ def test_the_shipped_studies_load_and_their_variants_are_valid_configs(tmp_path)
     bad.write_text("variants: [{name: a, size: [128, 256]}]\n")
     with pytest.raises(ConfigError, match=r"size is \[frames, height, width\]"):
         Study.load(bad)
+
+
+def test_a_study_reuses_another_studys_run_of_the_same_config_only(tmp_path):
+    from hpdm.config import save_config
+
+    other = tmp_path / "other"
+    study = Study.load(_write(tmp_path / "s.yaml", **BASE, reuse={"default": str(other)}))
+    v = study.variants[0]
+    cfg = study.config(v, 0)
+    cfg.train.steps = study.steps(v, cfg)[0]
+    assert study.run_dir(tmp_path / "out", v, 0, cfg) == other / "seed_0"  # nothing trained there yet
+    (other / "seed_0").mkdir(parents=True)
+    save_config(study.config(v, 0), other / "seed_0" / "config.yaml")  # train.steps not set: differs
+    with pytest.raises(ConfigError, match=r"another config \(train.steps differ\)"):
+        study.run_dir(tmp_path / "out", v, 0, cfg)
+    save_config(cfg, other / "seed_0" / "config.yaml")
+    assert study.run_dir(tmp_path / "out", v, 0, cfg) == other / "seed_0"
+    assert study.run_dir(tmp_path / "out", v, 0, cfg, smoke=True) == tmp_path / "out" / "default" / "seed_0"
+    with pytest.raises(ConfigError, match="nope is not a trained variant"):
+        Study.load(_write(tmp_path / "bad.yaml", **BASE, reuse={"nope": str(other)}))

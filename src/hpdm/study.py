@@ -20,6 +20,8 @@ variants:
   - {name: no-coords, overrides: [model.use_coords=false]}
   - {name: full-res, full_res: true}                        # hpdm.info.full_res_config of it
   - {name: no-overlap, from: default, sample: [sample.overlap=none]}   # inference only
+  - {name: wide, from: default, size: [16, 128, 256]}                  # evaluated wider
+reuse: {default: studies/results/other/default}  # another study's run of the same config
 ```
 
 `run_study` trains every variant for its budget (resumable: a killed run continues from its last
@@ -65,6 +67,7 @@ class Study:
     seeds: list[int]
     variants: list[Variant]
     eval: dict
+    reuse: dict = field(default_factory=dict)  # trained variant -> another study's run folder
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -75,7 +78,7 @@ class Study:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        known = {"name", "base", "overrides", "budget", "seeds", "variants", "eval"}
+        known = {"name", "base", "overrides", "budget", "seeds", "variants", "eval", "reuse"}
         if unknown := set(raw) - known:
             raise ConfigError(f"{path}: unknown study keys {sorted(unknown)}; known: {sorted(known)}")
         variants = []
@@ -110,6 +113,7 @@ class Study:
             [int(s) for s in raw.get("seeds") or [0]],
             variants,
             {"at": [1.0], "num": 64, "seeds": [0], "batch_size": 8, "sample": [], **(raw.get("eval") or {})},
+            {str(k): str(p) for k, p in (raw.get("reuse") or {}).items()},
         )
         study.check(path)
         return study
@@ -128,6 +132,9 @@ class Study:
             for s in v.sample + list(self.eval["sample"]):
                 if not s.startswith("sample."):
                     raise ConfigError(f"{path}: '{s}': evaluation settings are sample.key=value only")
+        for name in self.reuse:
+            if name not in names or next(v for v in self.variants if v.name == name).source is not None:
+                raise ConfigError(f"{path}: reuse: {name} is not a trained variant of this study")
         if not all(0 < f <= 1 for f in self.eval["at"]):
             raise ConfigError(
                 f"{path}: eval.at holds fractions of the budget in (0, 1], got {self.eval['at']}"
@@ -140,6 +147,33 @@ class Study:
         base, over = ("tiny", SMOKE_OVERRIDES) if smoke else (self.base, self.overrides)
         cfg = load_config(base, [*over, *variant.overrides, f"train.seed={seed}"])
         return full_res_config(cfg) if variant.full_res else cfg
+
+    def run_dir(self, out: Path, variant: Variant, seed: int, cfg: Config, smoke: bool = False) -> Path:
+        """Where a trained variant's run lives: `OUT/NAME/seed_N`, or the folder `reuse` names
+        (another study's run of the same config, e.g. one default model for several studies),
+        which must hold that config when it holds a run."""
+        if smoke or variant.name not in self.reuse:
+            return out / variant.name / f"seed_{seed}"
+        run = Path(self.reuse[variant.name]) / f"seed_{seed}"
+        saved = run / "config.yaml"
+        if saved.exists():
+            theirs, ours = load_config(saved).to_dict(), cfg.to_dict()
+            for d in (theirs, ours):
+                d.pop("name", None)
+                d["train"].pop("out_dir", None)
+            if theirs != ours:
+                diff = sorted(
+                    f"{sec}.{k}"
+                    for sec in ours
+                    if isinstance(ours[sec], dict)
+                    for k in ours[sec]
+                    if theirs.get(sec, {}).get(k) != ours[sec][k]
+                )
+                raise ConfigError(
+                    f"reuse: {run} was trained with another config ({', '.join(diff)} differ); "
+                    f"reuse only a run of the same base, overrides, budget and seed"
+                )
+        return run
 
     def steps(self, variant: Variant, cfg: Config, smoke: bool = False) -> tuple[int, float]:
         """Training steps of a variant and the FLOPs per step (one process, `hpdm info`'s count)."""
@@ -200,7 +234,7 @@ def run_study(
             cfg = study.config(trained, seed, smoke)
             steps, per_step = study.steps(trained, cfg, smoke)
             cfg.train.steps = steps
-            run_dir = out / trained.name / f"seed_{seed}"
+            run_dir = study.run_dir(out, trained, seed, cfg, smoke)
             if v.source is not None and not list_checkpoints(run_dir):
                 raise ConfigError(
                     f"variant {v.name} evaluates {v.source}, which has no run in {run_dir}; run it first"
