@@ -407,3 +407,35 @@ def test_conditioning_read_is_the_only_way_the_condition_enters(tiny_config, per
         )
     with pytest.raises(ConfigError, match="cond_read=true"):
         tiny_config("model.cond_dim=24")  # appended to the latents, the widths must agree
+
+
+def _with_labels(model, labels):
+    return lambda x, c, boxes, text=None: model(x, c, boxes, labels, text)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [(), ("model.cond_read=true", "model.cond_dim=24"), ("model.latent_adaln=true", "model.token_cond=true")],
+    ids=["latents", "cond-read", "adaln"],
+)
+def test_padded_text_tokens_are_masked_out(tiny_config, perturbed, knobs):
+    """Text tokens come zero-padded (hpdm.text); padded positions are masked out of every attention
+    (and of the pooled conditioning), so a prompt means the same padded to any length, while the
+    real tokens still steer the output."""
+    cfg = tiny_config("model.text_dim=12", *knobs)
+    model = perturbed(HPDM(cfg), std=0.1).eval()
+    x, c, boxes, labels = inputs(cfg)
+    model = _with_labels(model, labels)
+    g = torch.Generator().manual_seed(1)
+    text = torch.randn(2, 5, 12, generator=g)
+    text[0, 3:] = 0  # prompt 0 has 3 tokens, prompt 1 all 5
+    long = torch.cat([text, torch.zeros(2, 27, 12)], dim=1)  # the same prompts padded to 32
+    with torch.no_grad():
+        a, b = model(x, c, boxes, text=text), model(x, c, boxes, text=long)
+        other = text.clone()
+        other[0, :3] += 1.0
+        d = model(x, c, boxes, text=other)
+        none, empty = model(x, c, boxes), model(x, c, boxes, text=torch.zeros(2, 7, 12))
+    assert (a - b).abs().max() < 1e-5
+    assert (a[0] - d[0]).abs().max() > 1e-3 and (a[1] - d[1]).abs().max() < 1e-6
+    assert (none - empty).abs().max() < 1e-5  # no prompt = an all-padding prompt

@@ -224,9 +224,11 @@ class fused_attention(TorchFunctionMode):  # noqa: N801 (used as a context manag
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and args[0].device.type == "meta":
+            if len(args) == 4 and args[3].dtype == torch.bool:
+                args = args[:3]  # a key mask (padded text tokens) costs what the full attention does
             if len(args) > 3 or kwargs:
                 raise NotImplementedError(
-                    "hpdm info counts attention without masks, dropout, causality or a custom scale; "
+                    "hpdm info counts attention without float masks, dropout, causality or a custom scale; "
                     "count this model with a real forward (model_info(..., device='cpu'))"
                 )
             return aten._scaled_dot_product_flash_attention_for_cpu(*args)[0]
@@ -309,7 +311,7 @@ def checkpointed_activation_bytes(cfg: Config, batch: int = 1, device: str | tor
         del loss
         held = sum(sum(a.numel() * a.element_size() for a in args if a is not None) for _, args in inputs)
         block, args = max(inputs, key=lambda ia: ia[1][0].numel())
-        args = [a.detach().requires_grad_(True) if a is not None else None for a in args]
+        args = [a.detach().requires_grad_(a.is_floating_point()) if a is not None else None for a in args]
         _, peak = _saving(model, lambda: block(*args))
     for h in hooks:
         h.remove()

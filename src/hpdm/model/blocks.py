@@ -25,10 +25,16 @@ class Attention(nn.Module):
         self.kv = nn.Linear(ctx_dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`key_mask` (b, n_ctx) bool: which context positions may be attended to (None: all)."""
         q = rearrange(self.q(x), "b n (h e) -> b h n e", h=self.heads)
         k, v = rearrange(self.kv(ctx), "b n (two h e) -> two b h n e", two=2, h=self.heads)
-        y = F.scaled_dot_product_attention(q, k, v)
+        if key_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, key_mask[:, None, None, :])
         return self.out(rearrange(y, "b h n e -> b n (h e)"))
 
 
@@ -109,28 +115,42 @@ class RINBlock(nn.Module):
                 nn.init.zeros_(m[1].bias)
 
     def forward(
-        self, x: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cond_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, n, d) data tokens, z (N, m [+ c], d_lat) latents (with the conditioning tokens
         appended, unless the block reads them), cond (N, c, cond_dim) the conditioning tokens when
-        the block reads them or is modulated by them."""
+        the block reads them or is modulated by them; `cond_mask` (N, c) bool: the conditioning
+        tokens that exist (padded text tokens do not), as keys and in the adaLN mean."""
         if self.token_conv is not None:
             x = self.token_conv(x)
+        z_mask = None  # keys of the latent self-attention and of the write
         if self.cond_read is not None:
-            z = z + self.cond_read(self.cond_norm_z(z), self.cond_norm_c(cond))
+            z = z + self.cond_read(self.cond_norm_z(z), self.cond_norm_c(cond), cond_mask)
             z = z + self.cond_mlp(z)
-        mods = (
-            [m(cond.mean(1))[:, None].chunk(6, dim=-1) for m in self.modulation] if self.modulation else None
-        )
+        elif cond_mask is not None:  # the conditioning tokens are the last c latents
+            m = z.shape[1] - cond_mask.shape[1]
+            z_mask = torch.cat([cond_mask.new_ones(len(z), m), cond_mask], dim=1)
+        mods = None
+        if self.modulation:
+            if cond_mask is None:
+                pooled = cond.mean(1)
+            else:
+                w = cond_mask[..., None].to(cond.dtype)
+                pooled = (cond * w).sum(1) / w.sum(1)
+            mods = [m(pooled)[:, None].chunk(6, dim=-1) for m in self.modulation]
         mod = mods[0] if mods else None
         z = z + _gated(self.read(_shifted(self.read_norm_z(z), mod, 0), self.read_norm_x(x)), mod, 0)
         z = z + _gated(_ff(self.read_mlp, z, mod), mod, 1)
         for i, (norm, attn, ff) in enumerate(zip(self.process_norm, self.process, self.process_mlp)):
             mod = mods[i + 1] if mods else None
             h = _shifted(norm(z), mod, 0)
-            z = z + _gated(attn(h, h), mod, 0)
+            z = z + _gated(attn(h, h, z_mask), mod, 0)
             z = z + _gated(_ff(ff, z, mod), mod, 1)
-        x = x + self.write(self.write_norm_x(x), self.write_norm_z(z))
+        x = x + self.write(self.write_norm_x(x), self.write_norm_z(z), z_mask)
         x = x + self.write_mlp(x)
         return x, z
 

@@ -141,8 +141,8 @@ class HPDM(nn.Module):
         if L > self.num_levels:
             raise ValueError(f"model was built for {self.num_levels} levels, got {L}")
         pixels = previous_level_pixels(x, boxes, self.patch) if self.pixels else None
-        t, z, c = self._embed(x, c_noise, 0, labels, text, pixels, latents)
-        t, z = self._blocks(t, z, c, boxes, 0)
+        t, z, c, mask = self._embed(x, c_noise, 0, labels, text, pixels, latents)
+        t, z = self._blocks(t, z, c, boxes, 0, mask=mask)
         return self._finish(t, z, latents)
 
     def level_context(
@@ -171,8 +171,8 @@ class HPDM(nn.Module):
             return b == last  # later blocks never reach level ℓ
 
         coarse_pixels = previous_level_pixels(x, boxes, self.patch) if self.pixels else None
-        t, z, c = self._embed(x, c_noise, 0, labels, text, coarse_pixels, None)
-        self._blocks(t, z, c, boxes, 0, tap=tap)
+        t, z, c, mask = self._embed(x, c_noise, 0, labels, text, coarse_pixels, None)
+        self._blocks(t, z, c, boxes, 0, tap=tap, mask=mask)
         return LevelContext(blocks, pixels)
 
     def forward_level(
@@ -196,8 +196,8 @@ class HPDM(nn.Module):
         pixels = None
         if self.pixels:
             pixels = (context.pixels if level > 0 else torch.zeros_like(x))[:, None]
-        t, z, c = self._embed(x[:, None], c_noise[:, None], level, labels, text, pixels, latents)
-        t, z = self._blocks(t, z, c, boxes[:, None], level, context)
+        t, z, c, mask = self._embed(x[:, None], c_noise[:, None], level, labels, text, pixels, latents)
+        t, z = self._blocks(t, z, c, boxes[:, None], level, context, mask=mask)
         return self._finish(t, z, latents)[:, 0]
 
     # -----------------------------------------------------------------------------------------
@@ -206,7 +206,8 @@ class HPDM(nn.Module):
     def _embed(self, x, c_noise, level, labels, text, pixels, latents):
         """Data tokens (B, L, n, d) of levels level..level+L-1, their latents (B, L, m, d_lat) with
         the conditioning tokens appended (B, L, m + c, d_lat), and when the blocks read (or are
-        modulated by) the conditioning tokens instead, those (B, L, c, cond_dim) apart."""
+        modulated by) the conditioning tokens instead, those (B, L, c, cond_dim) apart; and the
+        conditioning tokens' key mask (B, c) bool (None without text): padded text tokens are off."""
         B, L = x.shape[:2]
         if pixels is not None:
             x = torch.cat([x, pixels], dim=2)
@@ -216,18 +217,24 @@ class HPDM(nn.Module):
         )
         t = (self.tokenizer(tokens) + self.pos).view(B, L, -1, self.cfg.dim)
         level_ids = torch.arange(level, level + L, device=x.device)
-        cond = self._cond_tokens(c_noise, level_ids, labels, text)
+        cond, mask = self._cond_tokens(c_noise, level_ids, labels, text)
         if self.token_cond is not None:  # (B, L, 1, d): noise level, level and condition, on every token
-            t = t + self.token_cond(cond.sum(dim=2, keepdim=True))
+            on = cond if mask is None else cond * mask[:, None, :, None].to(cond.dtype)
+            t = t + self.token_cond(on.sum(dim=2, keepdim=True))
         lat = self.latents[level_ids].expand(B, -1, -1, -1)  # (B, L, m, d_lat)
         if latents is not None:
             lat = latents.start(lat, self.self_cond)
         if self.cfg.cond_read:
-            return t, lat, cond
-        return t, torch.cat([lat, cond], dim=2), (cond if self.block_cond else None)
+            return t, lat, cond, mask
+        return t, torch.cat([lat, cond], dim=2), (cond if self.block_cond else None), mask
 
-    def _cond_tokens(self, c_noise, level_ids, labels, text) -> torch.Tensor:
-        """Conditioning tokens of each level: (B, L, c, cond_dim)."""
+    def _cond_tokens(self, c_noise, level_ids, labels, text) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conditioning tokens of each level (B, L, c, cond_dim) and their key mask (B, c) bool.
+
+        Text tokens (B, T, text_dim) come padded with exact zeros (`hpdm.text` encoders zero every
+        position past a prompt's tokens, and a dropped or absent prompt is all zeros); those
+        positions are masked out of every attention that reads the conditioning tokens, so a
+        prompt means the same at any padded length. The mask is None without text."""
         B, L = c_noise.shape
         toks = [
             self.noise_embed(c_noise)[:, :, None],
@@ -237,11 +244,14 @@ class HPDM(nn.Module):
             if labels is None:
                 labels = torch.full((B,), self.null_class(), device=c_noise.device, dtype=torch.long)
             toks.append(self.class_embed(labels)[:, None, None].expand(B, L, 1, -1))
+        mask = None
         if self.text_proj is not None:
             if text is None:
                 text = torch.zeros(B, 1, self.cfg.text_dim, device=c_noise.device)
             toks.append(self.text_proj(text)[:, None].expand(B, L, -1, -1))
-        return torch.cat(toks, dim=2)
+            fixed = torch.ones(B, len(toks) - 1, dtype=torch.bool, device=text.device)
+            mask = torch.cat([fixed, text.ne(0).any(dim=-1)], dim=1)
+        return torch.cat(toks, dim=2), mask
 
     def _blocks(
         self,
@@ -252,6 +262,7 @@ class HPDM(nn.Module):
         level: int,
         context: LevelContext | None = None,
         tap: Callable[[int, torch.Tensor], bool] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The block loop over a stack of levels level..level+L-1: tokens t (B, L, n, d), latents z,
         conditioning tokens c for the blocks (or None).
@@ -276,15 +287,16 @@ class HPDM(nn.Module):
                 ctx = self.fusion.context(ta, boxes[:, :nb], boxes[:, 1:nb], tuple(range(1, nb)))
                 ta = torch.cat([ta[:, :1], self.fusion.fuse(b, ta[:, 1:], ctx, coords[:, 1:nb])], dim=1)
             ca = c[:, :nb].flatten(0, 1) if c is not None else None
-            to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1), ca)
+            ma = mask[:, None].expand(-1, nb, -1).flatten(0, 1) if mask is not None else None
+            to, zo = self._block(b, ta.flatten(0, 1), za.flatten(0, 1), ca, ma)
             t = torch.cat([to.view(B, nb, *to.shape[1:]), t[:, nb:]], dim=1)
             z = torch.cat([zo.view(B, nb, *zo.shape[1:]), z[:, nb:]], dim=1)
         return t, z
 
-    def _block(self, b: int, x: torch.Tensor, z: torch.Tensor, c) -> tuple[torch.Tensor, torch.Tensor]:
+    def _block(self, b: int, x: torch.Tensor, z: torch.Tensor, c, mask) -> tuple[torch.Tensor, torch.Tensor]:
         if self.activation_checkpointing and self.training:
-            return checkpoint(self.blocks[b], x, z, c, use_reentrant=False)
-        return self.blocks[b](x, z, c)
+            return checkpoint(self.blocks[b], x, z, c, mask, use_reentrant=False)
+        return self.blocks[b](x, z, c, mask)
 
     def _finish(self, t: torch.Tensor, z: torch.Tensor, latents: LatentCarry | None) -> torch.Tensor:
         """Detokenize (B, L, n, d) → (B, L, 3, *patch); hand the final latents to the carry."""
