@@ -87,11 +87,11 @@ def cmd_sample(a: argparse.Namespace) -> int:
         a.num = len(a.upsample)
     text = None
     if a.prompt is not None:
-        from hpdm.text import encode_prompts
+        from hpdm.text import encode_text
 
         if cfg.model.text_dim == 0:
             raise ValueError("this checkpoint is not a text-to-video model (model.text_dim=0); use --class")
-        text = encode_prompts([a.prompt] * a.num, device=device)
+        text = encode_text(cfg, [a.prompt] * a.num, device=device)
     if a.cfg is not None:
         cfg.sample.cfg = a.cfg
     t0 = time.perf_counter()
@@ -180,6 +180,11 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     out = prepare_cache(
         ds, a.out, clips_per_video=a.clips_per_video, shard_size=a.shard_size, num_workers=a.workers
     )
+    if cfg.model.text_dim > 0 and not a.no_text:
+        from hpdm.data.cache import prepare_text
+
+        meta = prepare_text(out, cfg)
+        print(f"captions encoded with text.encoder={cfg.text.encoder} into {meta}")
     print(
         f"cache written to {out}; train from it with: "
         f"hpdm train {a.config} data.dataset=cache data.path={out}"
@@ -344,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=positive_int, default=1024)
     p.add_argument("--workers", type=at_least(0, "a number of worker processes, 0 for none"), default=0)
     p.add_argument("--test-split", action="store_true")
+    p.add_argument(
+        "--no-text",
+        action="store_true",
+        help="text-to-video configs: do not precompute the captions' text tokens (training then encodes them)",
+    )
     p.set_defaults(fn=cmd_prepare)
 
     p = sub.add_parser("study", help="train and evaluate the variants of a study; tables and plots")

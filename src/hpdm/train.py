@@ -328,16 +328,21 @@ class Trainer:
             )
         text = None
         if self.cfg.model.text_dim > 0:
-            from hpdm.text import encode_prompts
-
-            text = encode_prompts(
-                [c if c.strip() else "a video" for c in batch["caption"]], device=self.device
-            )
+            text = self._text(batch)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
             loss, per_level, sigma = self.diffusion.loss(
                 self.denoiser, x, boxes, labels, text, loss_gens, null_class=self.model.null_class()
             )
         return loss, per_level, sigma
+
+    def _text(self, batch: dict) -> torch.Tensor:
+        """The batch's text tokens: precomputed by `hpdm prepare` (a cache's "text"), else encoded
+        now with `text.encoder` (an empty caption reads "a video")."""
+        if "text" in batch:
+            return batch["text"].to(self.device, non_blocking=True)
+        from hpdm.text import encode_text
+
+        return encode_text(self.cfg, [c if c.strip() else "a video" for c in batch["caption"]], self.device)
 
     def train(self, until: int | None = None) -> dict:
         """Train to `train.steps` (or `until`); returns the last log record."""

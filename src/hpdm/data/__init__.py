@@ -29,7 +29,7 @@ def build_dataset(cfg: Config, train: bool = True) -> Dataset:
     if d.dataset == "cache":
         from hpdm.data.cache import CachedDataset
 
-        return CachedDataset(d.path)
+        return CachedDataset(d.path, text=cfg.text if cfg.model.text_dim > 0 else None)
     from hpdm.data import folder
 
     common = dict(

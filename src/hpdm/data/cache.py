@@ -7,6 +7,12 @@ Layout of a cache folder:
 The index holds, per clip, its label, caption and source item index, plus the class names, a
 description of the source dataset and the files skipped as unreadable. A shard's `count` in the
 index is authoritative: a shard can have unused rows at its end when items were dropped.
+
+For a text-to-video config, `hpdm prepare` also encodes every distinct caption once
+(`prepare_text`), so training never runs the text encoder:
+  text_tokens.npy    (total tokens, d) float16: each caption's real tokens, one after the other
+  text.json          the encoder settings (`text` of the config), the distinct captions, each
+                     one's offset and token count, and each clip's caption number; written last
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from tqdm import tqdm
 
 from hpdm.data.video import to_uint8
 
-__all__ = ["CacheError", "prepare_cache", "CachedDataset", "INDEX_FILE"]
+__all__ = ["CacheError", "prepare_cache", "prepare_text", "CachedDataset", "INDEX_FILE", "TEXT_FILE"]
 
 INDEX_FILE = "index.json"
+TEXT_FILE = "text.json"
 _FORMAT = "hpdm-clip-cache"
 _VERSION = 1
 
@@ -160,13 +167,56 @@ def prepare_cache(
     return out
 
 
+def _text_settings(text_cfg) -> dict:
+    return {"encoder": text_cfg.encoder, "path": text_cfg.path, "max_length": text_cfg.max_length}
+
+
+def prepare_text(
+    cache_dir: str | Path, cfg, device="cpu", batch_size: int = 64, progress: bool = True
+) -> Path:
+    """Encode every distinct caption of a clip cache once with `cfg.text` (checked against
+    `model.text_dim`); an empty caption reads "a video", as in training. Returns `text.json`'s path."""
+    from hpdm.text import encode_text
+
+    root = Path(cache_dir)
+    index = json.loads((root / INDEX_FILE).read_text())
+    captions = [c if c.strip() else "a video" for c in index["captions"]]
+    distinct = sorted(set(captions))
+    number = {c: k for k, c in enumerate(distinct)}
+    (root / TEXT_FILE).unlink(missing_ok=True)  # no text.json while the tokens are rewritten
+    chunks, lengths = [], []
+    for a in tqdm(range(0, len(distinct), batch_size), disable=not progress, desc="hpdm prepare text"):
+        x = encode_text(cfg, distinct[a : a + batch_size], device).cpu()  # (b, T, d), zero-padded
+        n = x.ne(0).any(-1).sum(-1)  # real tokens: the model masks the zero padding
+        for row, k in zip(x, n.tolist()):
+            chunks.append(row[:k].to(torch.float16).numpy())
+            lengths.append(k)
+    tokens = np.concatenate(chunks)
+    np.save(root / "text_tokens.npy", tokens)
+    meta = {
+        **_text_settings(cfg.text),
+        "width": int(tokens.shape[1]),
+        "captions": distinct,
+        "offsets": np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist(),
+        "lengths": lengths,
+        "clip_caption": [number[c] for c in captions],
+    }
+    tmp = root / (TEXT_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, root / TEXT_FILE)
+    return root / TEXT_FILE
+
+
 class CachedDataset(torch.utils.data.Dataset):
     """Clips from a `prepare_cache` folder, memory-mapped; items are the source dataset's dicts.
 
     `index` of an item is its clip index in the cache (the source item is in `video_index`).
+    With `text` (a config's `text` settings) and captions encoded with those settings by
+    `prepare_text`, items and batches also carry "text": (T, d) / (B, T, d) float32 tokens,
+    zero-padded to `text.max_length`; otherwise none (training then encodes the captions).
     """
 
-    def __init__(self, cache_dir: str | Path) -> None:
+    def __init__(self, cache_dir: str | Path, text=None) -> None:
         self.root = Path(cache_dir)
         index_path = self.root / INDEX_FILE
         if not self.root.is_dir():
@@ -203,6 +253,8 @@ class CachedDataset(torch.utils.data.Dataset):
                 f"{index_path} is inconsistent (clip counts disagree); rebuild it with `hpdm prepare`"
             )
         self._arrays: list[np.ndarray] | None = None
+        self.text = self._text_meta(text) if text is not None else None
+        self._tokens: np.ndarray | None = None
         self._open()
         for f, a, c in zip(self._files, self._arrays, counts):
             if a.shape[1:] != self.shape or a.shape[0] < c or a.dtype != np.uint8:
@@ -210,6 +262,41 @@ class CachedDataset(torch.utils.data.Dataset):
                     f"{f} holds {a.dtype} {a.shape}, the index expects >= {c} clips of {self.shape}; "
                     "rebuild the cache with `hpdm prepare`"
                 )
+
+    def _text_meta(self, text_cfg) -> dict | None:
+        path = self.root / TEXT_FILE
+        if not path.is_file():
+            return None
+        meta = json.loads(path.read_text())
+        want = _text_settings(text_cfg)
+        if {k: meta.get(k) for k in want} != want:
+            import warnings
+
+            warnings.warn(
+                f"{path}: its captions were encoded with { ({k: meta.get(k) for k in want}) }, this config "
+                f"asks for {want}; they are encoded during training instead (run `hpdm prepare` with "
+                "this config to precompute them)",
+                stacklevel=2,
+            )
+            return None
+        if len(meta["clip_caption"]) != len(self.labels):
+            raise CacheError(
+                f"{path} does not match {INDEX_FILE} (clip counts differ); run `hpdm prepare` again"
+            )
+        meta["offsets"], meta["lengths"] = np.asarray(meta["offsets"]), np.asarray(meta["lengths"])
+        meta["clip_caption"] = np.asarray(meta["clip_caption"])
+        return meta
+
+    def _text(self, idx: np.ndarray) -> torch.Tensor:
+        """(B, max_length, d) float32 text tokens of clips idx, zero past each caption's tokens."""
+        if self._tokens is None:
+            self._tokens = np.load(self.root / "text_tokens.npy", mmap_mode="r")
+        t = self.text
+        out = np.zeros((len(idx), t["max_length"], t["width"]), dtype=np.float32)
+        for b, c in enumerate(t["clip_caption"][idx]):
+            o, n = t["offsets"][c], t["lengths"][c]
+            out[b, :n] = self._tokens[o : o + n]
+        return torch.from_numpy(out)
 
     def _open(self) -> list[np.ndarray]:
         if self._arrays is None:
@@ -226,7 +313,7 @@ class CachedDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         # Memory maps would pickle as their full contents; DataLoader workers reopen them instead.
         state = self.__dict__.copy()
-        state["_arrays"] = None
+        state["_arrays"] = state["_tokens"] = None
         return state
 
     @property
@@ -250,7 +337,10 @@ class CachedDataset(torch.utils.data.Dataset):
         s = int(np.searchsorted(self._ends, i, side="right"))
         clip = torch.from_numpy(np.array(self._open()[s][i - self._starts[s]]))  # (F, H, W, 3) uint8
         video = clip.permute(3, 0, 1, 2).float().div_(127.5).sub_(1)
-        return {"video": video, "label": int(self.labels[i]), "caption": self.captions[i], "index": i}
+        item = {"video": video, "label": int(self.labels[i]), "caption": self.captions[i], "index": i}
+        if self.text is not None:
+            item["text"] = self._text(np.asarray([i]))[0]
+        return item
 
     def get_batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor, as_uint8: bool = False) -> dict:
         """Vectorised batch: video (B, 3, F, H, W) float32 in [-1, 1] (uint8 with `as_uint8`, to convert
@@ -267,9 +357,12 @@ class CachedDataset(torch.utils.data.Dataset):
         video = torch.from_numpy(out).permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, F, H, W)
         if not as_uint8:
             video = video.float().div_(127.5).sub_(1)
-        return {
+        batch = {
             "video": video,
             "label": torch.from_numpy(self.labels[idx]),
             "caption": [self.captions[i] for i in idx],
             "index": torch.from_numpy(idx),
         }
+        if self.text is not None:
+            batch["text"] = self._text(idx)
+        return batch
