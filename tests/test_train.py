@@ -79,6 +79,8 @@ RESUME_VARIANTS = {
     # the paper's way to state the batch: per-rank micro-batches of 1 derived from it
     "global_batch": ["train.global_batch=2", "train.grad_accum=2"],
     "folder_workers": ["data.dataset=folder", "data.num_workers=2", "model.dropout=0.1"],
+    # joint image+video batches: 0 or 1 image among the 2 per step, from a stream of its own
+    "images": ["data.images=shapes", "data.image_ratio=0.25"],
 }
 
 

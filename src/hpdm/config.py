@@ -39,6 +39,11 @@ class DataConfig:
     render: str = "auto"
     # `shapes` only: range of the object's bounding radius, as a fraction of the frame side
     shape_size: tuple[float, float] = (0.14, 0.21)
+    # joint image+video training (the paper's T2V: 4096 videos + 4096 images per batch): a
+    # separate image source, each image a still video; `shapes` (first frames of shapes scenes,
+    # captioned without motion), or a folder / captions file of images like data.path
+    images: str | None = None
+    image_ratio: float = 0.0  # share of every batch that is images (0.5 in the paper)
 
 
 @dataclass
@@ -558,6 +563,14 @@ def validate(cfg: Config) -> None:
     if s.layout_sigma < 0:
         raise ConfigError(f"sample.layout_sigma={s.layout_sigma}: give a σ > 0 (e.g. 2.0), or 0 for off")
     _choice(s.cache, ("context", "none"), "sample.cache")
+    dc = cfg.data
+    if not 0 <= dc.image_ratio < 1:
+        raise ConfigError(f"data.image_ratio={dc.image_ratio}: give the share of images per batch in [0, 1)")
+    if (dc.image_ratio > 0) != bool(dc.images):
+        raise ConfigError(
+            "joint image+video training needs both data.images (an image source: shapes, a folder or a "
+            f"captions file) and data.image_ratio > 0; got images={dc.images!r}, image_ratio={dc.image_ratio}"
+        )
     tx = cfg.text
     _choice(tx.encoder, ("minilm", "t5"), "text.encoder")
     if not 2 <= tx.max_length <= 512:

@@ -34,7 +34,7 @@ from hpdm.checkpoint import (
     set_aside,
 )
 from hpdm.config import Config, per_rank_batch, save_config
-from hpdm.data import batch_stream, build_dataset
+from hpdm.data import batch_stream, build_dataset, build_image_dataset
 from hpdm.diffusion import Diffusion
 from hpdm.model.hpdm import HPDM
 from hpdm.model.self_cond import SelfConditioned
@@ -154,6 +154,9 @@ class Trainer:
         )
         if self.render_on_device:
             self.dataset.device = self.device
+        self.images = build_image_dataset(cfg, train=True)  # joint image+video training, or None
+        if self.images is not None and self.render_on_device and hasattr(self.images, "device"):
+            self.images.device = self.device
         if self.ctx.is_main:
             clean_leftovers(self.out_dir)  # of a save or prune that a crash interrupted
         dist.barrier(self.ctx)
@@ -294,6 +297,8 @@ class Trainer:
             world=self.ctx.world,
             num_workers=0 if self.render_on_device else d.num_workers,
             pin_memory=d.pin_memory and self.device.type == "cuda" and not self.render_on_device,
+            images=self.images,
+            image_ratio=d.image_ratio,
         )
         return self._with_positions(stream, start)
 
@@ -370,7 +375,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         record: dict = {}
-        acc = _Meter(self.geo.num_levels)
+        acc = _Meter(self.geo.num_levels, self.images is not None)
         t_last = time.perf_counter()
         self.net.train()
         while self.step < end:
@@ -386,7 +391,7 @@ class Trainer:
                 with dist.no_sync(self.net, micro < t.grad_accum - 1):
                     loss, per_sample, sigma = self._micro_step(batch)
                     (loss / t.grad_accum).backward()
-                acc.add(loss.detach(), per_sample, sigma)
+                acc.add(loss.detach(), per_sample, sigma, batch.get("is_image"))
                 micro_losses.append(loss.detach())
                 micro_per.append(per_sample)
             finite = bool(torch.isfinite(torch.stack(micro_losses)).all())
@@ -414,7 +419,7 @@ class Trainer:
                 acc.all_reduce(self.ctx)  # the log shows the whole global batch
                 record = acc.record(self.step, now - t_last, self.sched.get_last_lr()[0])
                 t_last = now
-                acc = _Meter(self.geo.num_levels)
+                acc = _Meter(self.geo.num_levels, self.images is not None)
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}",
                     it_s=f"{record['steps_per_s']:.2f}",
@@ -489,12 +494,16 @@ class Trainer:
 
 
 class _Meter:
-    """Running sums for one logging interval, incl. per-level loss by σ bucket (DESIGN §4)."""
+    """Running sums for one logging interval, incl. per-level loss by σ bucket (DESIGN §4) and,
+    in joint image+video training (`split`), per-level loss of the images and of the videos."""
 
     EDGES = (-2.0, -0.5, 1.0)  # ln σ bucket edges: low / mid-low / mid-high / high noise
 
-    def __init__(self, L: int):
+    def __init__(self, L: int, split: bool = False):
         self.L = L
+        self.split = split
+        self.kind_sum = torch.zeros(2, L)  # [videos, images] summed per-sample losses
+        self.kind_cnt = torch.zeros(2)
         self.n = 0
         self.loss = 0.0
         self.per_level = torch.zeros(L)
@@ -505,12 +514,17 @@ class _Meter:
         self.steps = 0
         self.gnorm = 0.0
 
-    def add(self, loss, per_sample, sigma) -> None:
-        """One micro-batch: loss (), per-sample per-level loss (B, L), σ (B, L)."""
+    def add(self, loss, per_sample, sigma, is_image=None) -> None:
+        """One micro-batch: loss (), per-sample per-level loss (B, L), σ (B, L), and in joint
+        image+video training which samples are images (B,) bool."""
         self.n += 1
         self.loss += float(loss)
         per = per_sample.float().cpu()
         self.per_level += per.mean(0)
+        if self.split:
+            kind = is_image.long().cpu() if is_image is not None else torch.zeros(len(per), dtype=torch.long)
+            self.kind_sum.index_add_(0, kind, per)
+            self.kind_cnt.index_add_(0, kind, torch.ones(len(per)))
         b = torch.bucketize(sigma.detach().float().log().cpu(), torch.tensor(self.EDGES))  # (B, L)
         self.bucket_sum.scatter_add_(1, b.T.contiguous(), per.T.contiguous())
         self.bucket_cnt.scatter_add_(1, b.T.contiguous(), torch.ones_like(per).T.contiguous())
@@ -526,13 +540,29 @@ class _Meter:
                 self.per_level.double(),
                 self.bucket_sum.double().flatten(),
                 self.bucket_cnt.double().flatten(),
+                self.kind_sum.double().flatten(),
+                self.kind_cnt.double(),
             ]
         )
         flat = dist.all_reduce_sum(flat, ctx)
+        self.kind_cnt = flat[-2:].float()
+        self.kind_sum = flat[-2 - 2 * L : -2].view(2, L).float()
+        flat = flat[: -2 - 2 * L]
         self.n, self.loss, self.data_wait = int(flat[0]), float(flat[1]), float(flat[2]) / ctx.world
         self.per_level = flat[3 : 3 + L].float()
         self.bucket_sum = flat[3 + L : 3 + L + L * K].view(L, K).float()
         self.bucket_cnt = flat[3 + L + L * K :].view(L, K).float()
+
+    def _by_kind(self) -> dict:
+        """loss_video_l{i} and loss_image_l{i}: mean per-level loss of each kind of sample."""
+        if not self.split:
+            return {}
+        out = {}
+        for k, kind in enumerate(("video", "image")):
+            if self.kind_cnt[k] > 0:
+                mean = (self.kind_sum[k] / self.kind_cnt[k]).tolist()
+                out.update({f"loss_{kind}_l{i}": v for i, v in enumerate(mean)})
+        return out
 
     def record(self, step: int, dt: float, lr: float) -> dict:
         n = max(self.n, 1)
@@ -542,6 +572,7 @@ class _Meter:
             "step": step,
             "loss": self.loss / n,
             **{f"loss_l{i}": v / n for i, v in enumerate(self.per_level.tolist())},
+            **self._by_kind(),
             "loss_by_sigma": {f"l{i}": [round(x, 5) for x in row] for i, row in enumerate(bucket)},
             "lr": lr,
             "grad_norm": self.gnorm / steps,

@@ -9,7 +9,9 @@ item's position in the stream, inside whichever DataLoader worker reads it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -42,6 +44,54 @@ def build_dataset(cfg: Config, train: bool = True) -> Dataset:
     return folder.CaptionDataset(d.path, **common)
 
 
+def build_image_dataset(cfg: Config, train: bool = True) -> Dataset | None:
+    """The image source of joint image+video training (`data.images`), each image a still video
+    of the target size; None without one."""
+    d = cfg.data
+    if not d.images:
+        return None
+    F, H, W = cfg.pyramid.target
+    if d.images == "shapes":
+        from hpdm.data.shapes import ShapesDataset
+
+        seed = (d.seed if train else d.seed + 1_000_003) + 7_919  # other scenes than the videos'
+        return ShapesDataset(d.num_samples, F, H, W, seed=seed, size_range=d.shape_size, still=True)
+    from hpdm.data import folder
+
+    common = dict(num_frames=F, height=H, width=W, seed=d.seed)
+    path = Path(d.images)
+    if path.is_file() or any((path / name).is_file() for name in folder._CAPTION_FILES):
+        return folder.CaptionDataset(d.images, **common)
+    return folder.VideoFolderDataset(d.images, **common)
+
+
+def images_in_batch(step: int, batch: int, ratio: float) -> int:
+    """Images among the `batch` items of `step`: floor((step+1)·batch·ratio) − floor(step·batch·ratio),
+    so every batch holds ⌊batch·ratio⌋ or one more, and the first s steps hold ⌊s·batch·ratio⌋
+    images in all: exactly the ratio over time, the same on every rank, and known at any step
+    (a resumed run draws the images and videos an uninterrupted run would)."""
+    return math.floor((step + 1) * batch * ratio + 1e-9) - math.floor(step * batch * ratio + 1e-9)
+
+
+class _Source:
+    """One source's endless seeded stream of (index, epoch): a permutation per epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def take(self, first: int, count: int) -> tuple[list[int], list[int]]:
+        idx, epochs = [], []
+        for pos in range(first, first + count):
+            epoch = pos // self.n
+            if epoch != self._epoch:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+            idx.append(int(self._perm[pos % self.n]))
+            epochs.append(epoch)
+        return idx, epochs
+
+
 class StepBatchSampler(Sampler):
     """Yields the index list of every step from `start_step` on: a seeded permutation per epoch,
     each rank taking its own slice of the global batch."""
@@ -54,26 +104,12 @@ class StepBatchSampler(Sampler):
         self.n, self.batch, self.seed, self.start = n, batch_size, seed, start_step
         self.rank, self.world = rank, world
 
-    def _perm(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
     def batches(self) -> Iterator[tuple[list[int], list[int]]]:
         """(indices, epochs) of every step from `start_step` on: epoch = stream position // n."""
-        gb = self.batch * self.world
+        source = _Source(self.n, self.seed)
         step = self.start
-        cache: dict[int, torch.Tensor] = {}
         while True:
-            first = step * gb + self.rank * self.batch
-            idx, epochs = [], []
-            for pos in range(first, first + self.batch):
-                epoch = pos // self.n
-                if epoch not in cache:
-                    cache.clear()
-                    cache[epoch] = self._perm(epoch)
-                idx.append(int(cache[epoch][pos % self.n]))
-                epochs.append(epoch)
-            yield idx, epochs
+            yield source.take((step * self.world + self.rank) * self.batch, self.batch)
             step += 1
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -82,6 +118,42 @@ class StepBatchSampler(Sampler):
 
     def __len__(self) -> int:  # an endless stream
         return 2**62
+
+
+class MixedBatchSampler(StepBatchSampler):
+    """Joint image+video batches: step s takes `images_in_batch(s)` images from the image
+    source's own seeded stream and the rest from the videos' (each rank its slice of both)."""
+
+    def __init__(
+        self,
+        n_video: int,
+        n_image: int,
+        ratio: float,
+        batch_size: int,
+        seed: int,
+        start_step=0,
+        rank=0,
+        world=1,
+    ):
+        super().__init__(n_video, batch_size, seed, start_step, rank, world)
+        if n_image <= 0:
+            raise ValueError("the image source (data.images) is empty: check the path and the files in it")
+        self.n_image, self.ratio = n_image, ratio
+
+    def batches(self) -> Iterator[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]]:
+        videos, images = _Source(self.n, self.seed), _Source(self.n_image, self.seed + 1)
+        B, step = self.batch, self.start
+        while True:
+            k = images_in_batch(step, B, self.ratio)
+            before = math.floor(step * B * self.ratio + 1e-9)  # images of one rank in steps < s
+            first_img = before * self.world + self.rank * k
+            first_vid = (step * B - before) * self.world + self.rank * (B - k)
+            yield videos.take(first_vid, B - k), images.take(first_img, k)
+            step += 1
+
+    def __iter__(self):
+        for (vid, _), (img, _) in self.batches():
+            yield vid, img
 
 
 class _WithEpochs(Sampler):
@@ -104,23 +176,22 @@ class _Batched(Dataset):
     copy of the dataset: each DataLoader worker holds its own), so its clip depends only on
     (seed, index, epoch), never on which worker reads it or what that worker read before."""
 
-    def __init__(self, ds: Dataset):
-        self.ds = ds
+    def __init__(self, ds: Dataset, images: Dataset | None = None):
+        self.ds, self.images = ds, images
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def _item(self, i: int, epoch: int) -> dict:
-        if hasattr(self.ds, "set_epoch") and getattr(self.ds, "epoch", None) != epoch:
-            self.ds.set_epoch(epoch)
-        return self.ds[i]
-
-    def __getitem__(self, key: tuple[list[int], list[int]]) -> dict:
-        indices, epochs = key
-        if hasattr(self.ds, "get_batch") and not hasattr(self.ds, "set_epoch"):
-            b = self.ds.get_batch(indices)
+    @staticmethod
+    def _fetch(ds: Dataset, indices: list[int], epochs: list[int]) -> dict:
+        if hasattr(ds, "get_batch") and not hasattr(ds, "set_epoch"):
+            b = ds.get_batch(indices)
         else:
-            items = [self._item(i, e) for i, e in zip(indices, epochs)]
+            items = []
+            for i, e in zip(indices, epochs):
+                if hasattr(ds, "set_epoch") and getattr(ds, "epoch", None) != e:
+                    ds.set_epoch(e)
+                items.append(ds[i])
             b = {
                 "video": torch.stack([it["video"] for it in items]),
                 "label": torch.tensor([int(it["label"]) for it in items]),
@@ -128,6 +199,21 @@ class _Batched(Dataset):
                 "index": torch.tensor([int(it["index"]) for it in items]),
             }
         b["label"] = torch.as_tensor(b["label"]).long()
+        return b
+
+    def __getitem__(self, key) -> dict:
+        if self.images is None:
+            return self._fetch(self.ds, *key)
+        (vi, ve), (ii, ie) = key
+        parts = [self._fetch(src, i, e) for src, i, e in ((self.ds, vi, ve), (self.images, ii, ie)) if i]
+        keys = set.intersection(*(set(p) for p in parts))  # e.g. "text" only when both sources have it
+        b = {
+            k: (sum((p[k] for p in parts), []) if k == "caption" else torch.cat([p[k] for p in parts]))
+            for k in keys
+        }
+        b["is_image"] = torch.cat(
+            [torch.zeros(len(vi), dtype=torch.bool), torch.ones(len(ii), dtype=torch.bool)]
+        )
         return b
 
 
@@ -140,10 +226,20 @@ def batch_stream(
     world: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
+    images: Dataset | None = None,
+    image_ratio: float = 0.0,
 ) -> Iterator[dict]:
-    sampler = _WithEpochs(StepBatchSampler(len(ds), batch_size, seed, start_step, rank, world))
+    """The training batches from `start_step` on; with an image source, joint image+video
+    batches (`MixedBatchSampler`), each with "is_image" (B,) bool: videos first, then images."""
+    if images is not None:
+        steps = MixedBatchSampler(
+            len(ds), len(images), image_ratio, batch_size, seed, start_step, rank, world
+        )
+    else:
+        steps = StepBatchSampler(len(ds), batch_size, seed, start_step, rank, world)
+    sampler = _WithEpochs(steps)
     loader = DataLoader(
-        _Batched(ds),
+        _Batched(ds, images),
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,

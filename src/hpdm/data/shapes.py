@@ -459,14 +459,17 @@ def render(
 _DIRECTIONS = ["right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right"]
 
 
-def caption(params: dict[str, torch.Tensor], i: int) -> str:
-    """English caption of sample i, e.g. 'a red circle moves up-left over thin slate stripes'."""
+def caption(params: dict[str, torch.Tensor], i: int, still: bool = False) -> str:
+    """English caption of sample i, e.g. 'a red circle moves up-left over thin slate stripes';
+    `still`: of its first frame as an image, 'a red circle over thin slate stripes'."""
     cls = int(params["class_id"][i])
+    article = "an" if SHAPES_CLASSES[cls][0] in "aeiou" else "a"
+    if still:
+        return f"{article} {SHAPES_CLASSES[cls]} over {_background(params, i)}"
     vx, vy = (float(v) for v in params["velocity"][i])
     speed = math.hypot(vx, vy)
     sector = round(math.atan2(-vy, vx) / (math.pi / 4)) % 8  # image y points down
     adverb = "slowly " if speed < 0.38 else "quickly " if speed > 0.68 else ""
-    article = "an" if SHAPES_CLASSES[cls][0] in "aeiou" else "a"
     text = f"{article} {SHAPES_CLASSES[cls]} moves {adverb}{_DIRECTIONS[sector]}"
 
     extras = []
@@ -480,7 +483,10 @@ def caption(params: dict[str, torch.Tensor], i: int) -> str:
         extras.append(f"turns {'clockwise' if spin > 0 else 'counterclockwise'}")
     if extras:
         text += ", " + " and ".join(extras) + ","
+    return f"{text} over {_background(params, i)}"
 
+
+def _background(params: dict[str, torch.Tensor], i: int) -> str:
     bg = int(params["bg_type"][i])
     name_a, name_b = (TEXTURE_COLORS[int(j)] for j in params["bg_palette"][i])
     period = float(params["tex_period"][i])
@@ -497,12 +503,12 @@ def caption(params: dict[str, torch.Tensor], i: int) -> str:
         bg_text = f"a {name_a} plaid"
     else:
         bg_text = f"a rippled {name_a}-to-{name_b} gradient"
-    return f"{text} over {bg_text}"
+    return bg_text
 
 
-def captions(params: dict[str, torch.Tensor]) -> list[str]:
-    """Captions of every sample in `params`."""
-    return [caption(params, i) for i in range(params["class_id"].shape[0])]
+def captions(params: dict[str, torch.Tensor], still: bool = False) -> list[str]:
+    """Captions of every sample in `params` (`still`: of their first frames as images)."""
+    return [caption(params, i, still) for i in range(params["class_id"].shape[0])]
 
 
 # ----------------------------------------------------------------------------- convenience
@@ -529,7 +535,9 @@ class ShapesDataset(torch.utils.data.Dataset):
     """`num_samples` clips of the procedural `shapes` data at a fixed size; index i is scene i.
 
     `device`: where videos are drawn (the training device under `data.render=device`; a GPU
-    draws a batch in milliseconds, CPU loader workers in about 20 ms a clip each)."""
+    draws a batch in milliseconds, CPU loader workers in about 20 ms a clip each). `still`: an
+    image source instead, scene i's first frame as a still video with a caption without motion
+    (text-to-video's image stream, `data.images: shapes`)."""
 
     num_classes = NUM_CLASSES
 
@@ -541,6 +549,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         width: int,
         seed: int = 0,
         size_range: tuple[float, float] = SIZE_RANGE,
+        still: bool = False,
     ):
         if num_samples < 1:
             raise ValueError(f"ShapesDataset: num_samples must be >= 1, got {num_samples}")
@@ -548,6 +557,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.size_range = tuple(size_range)
         self.num_frames, self.height, self.width = num_frames, height, width
         self.seed = seed
+        self.still = still
         self.device = torch.device("cpu")
 
     def __len__(self) -> int:
@@ -572,13 +582,10 @@ class ShapesDataset(torch.utils.data.Dataset):
     def get_batch(self, indices: torch.Tensor | Sequence[int]) -> dict:
         """Vectorised batch: video (B, 3, F, H, W), label (B,), caption list, index (B,)."""
         idx = self._check(torch.as_tensor(indices, dtype=torch.int64).reshape(-1))
-        video, labels, caps = render_shapes(
-            idx,
-            self.num_frames,
-            self.height,
-            self.width,
-            self.seed,
-            device=self.device,
-            size_range=self.size_range,
-        )
-        return {"video": video, "label": labels, "caption": caps, "index": idx}
+        params = sample_params(idx, self.seed, None, self.size_range)
+        frames = 1 if self.still else self.num_frames
+        video = render(params, frames, self.height, self.width, device=self.device)
+        if self.still:
+            video = video.expand(-1, -1, self.num_frames, -1, -1).contiguous()
+        caps = captions(params, self.still)
+        return {"video": video, "label": params["class_id"].clone(), "caption": caps, "index": idx}
