@@ -320,6 +320,14 @@ def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys, monkeypatc
     assert main(["sample", "--ckpt", str(run), "--class", "1", "--out", str(tmp_path / "x")]) == 2
     assert "unconditional" in capsys.readouterr().err
 
+    # the shapes report of a text-to-video model: prompted with the real clips' captions, so its
+    # class accuracy is prompt following and its FVD compares videos with the clips they describe
+    rep = tmp_path / "t2v_report"
+    assert main(["eval", "report", "--ckpt", str(run), "--num", "4", "--batch-size", "4", "--out", str(rep)]) == 0
+    r = json.loads((rep / "report.json").read_text())
+    assert r["prompted"] == "the real clips' captions" and 0 <= r["class_accuracy_fake"] <= 1
+    assert len(r["levels"]) == 3 and all(lv["fvd"] >= 0 for lv in r["levels"])
+
     # zero-shot UCF-101 (paper Tab. 5) at tiny scale: prompts from the class names, FVD and IS
     fvd = tmp_path / "zs_fvd.json"
     common = [

@@ -52,10 +52,10 @@ def real_batches(
         for a in range(0, num, batch_size):
             idx = list(range(30_000_000 + a, 30_000_000 + min(num, a + batch_size)))
             cls = [i % NUM_CLASSES for i in range(a, a + len(idx))] if balanced else None
-            video, labels, _ = render_shapes(
+            video, labels, caps = render_shapes(
                 idx, F, H, W, seed=seed, class_ids=cls, size_range=cfg.data.shape_size
             )
-            yield {"video": video, "label": labels}
+            yield {"video": video, "label": labels, "caption": caps}
         return
     from hpdm.data import build_dataset
 
@@ -66,6 +66,7 @@ def real_batches(
         yield {
             "video": torch.stack([it["video"] for it in items]),
             "label": torch.tensor([it["label"] for it in items]),
+            "caption": [it["caption"] for it in items],
         }
 
 
@@ -213,6 +214,17 @@ def run_report(
     stride = cfg.sample.tile_stride if overlap != "none" else None
     guidance = cfg.sample.cfg if guidance is None else guidance
     geo = output_geometry(cfg, size)  # a clear error for a size the pyramid cannot make
+    real_levels: list[list[torch.Tensor]] = [[] for _ in range(geo.num_levels)]
+    real_labels, real_captions = [], []
+    for b in real_batches(cfg, num, batch_size, seed=seed + 1, size=geo.target):
+        for lvl, v in enumerate(level_videos(b["video"], geo)):
+            real_levels[lvl].append(v)
+        real_labels.append(b["label"])
+        real_captions += b["caption"]
+    reals = [torch.cat(v) for v in real_levels]
+    # a text-to-video model is prompted with the real clips' own captions: its videos are compared
+    # with the clips they describe, and the class its prompt names is the one it must show
+    prompts = real_captions if cfg.model.text_dim > 0 else None
     t0 = time.perf_counter()
     fake_levels: list[list[torch.Tensor]] = [[] for _ in range(geo.num_levels)]
     fake_labels = []
@@ -223,6 +235,7 @@ def run_report(
         batch_size,
         seed,
         progress,
+        prompts=prompts,
         steps=steps,
         overlap=overlap,
         guidance=guidance,
@@ -230,17 +243,11 @@ def run_report(
     ):
         for lvl, v in enumerate(gen.levels):
             fake_levels[lvl].append(v)
-        fake_labels.append(torch.tensor(gen.settings["labels_list"]))
+        if prompts is None:
+            fake_labels.append(torch.tensor(gen.settings["labels_list"]))
     gen_seconds = time.perf_counter() - t0
     fakes = [torch.cat(v) for v in fake_levels]
-    labels = torch.cat(fake_labels)
-    real_levels: list[list[torch.Tensor]] = [[] for _ in range(geo.num_levels)]
-    real_labels = []
-    for b in real_batches(cfg, num, batch_size, seed=seed + 1, size=geo.target):
-        for lvl, v in enumerate(level_videos(b["video"], geo)):
-            real_levels[lvl].append(v)
-        real_labels.append(b["label"])
-    reals = [torch.cat(v) for v in real_levels]
+    labels = torch.cat(fake_labels) if prompts is None else torch.cat(real_labels)
 
     extractor = I3DFeatureExtractor(batch_size=batch_size, device=next(model.parameters()).device)
     fvd = []
@@ -283,6 +290,7 @@ def run_report(
         "tile_stride": stride,
         "guidance": guidance,
         "sample_overrides": list(overrides or []),
+        "prompted": "the real clips' captions" if prompts is not None else None,
         "seed": seed,
         "levels": [
             {
