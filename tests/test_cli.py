@@ -323,7 +323,10 @@ def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys, monkeypatc
     # the shapes report of a text-to-video model: prompted with the real clips' captions, so its
     # class accuracy is prompt following and its FVD compares videos with the clips they describe
     rep = tmp_path / "t2v_report"
-    assert main(["eval", "report", "--ckpt", str(run), "--num", "4", "--batch-size", "4", "--out", str(rep)]) == 0
+    assert (
+        main(["eval", "report", "--ckpt", str(run), "--num", "4", "--batch-size", "4", "--out", str(rep)])
+        == 0
+    )
     r = json.loads((rep / "report.json").read_text())
     assert r["prompted"] == "the real clips' captions" and 0 <= r["class_accuracy_fake"] <= 1
     assert len(r["levels"]) == 3 and all(lv["fvd"] >= 0 for lv in r["levels"])
@@ -488,3 +491,36 @@ def test_info_costs_a_paper_run(capsys):
     assert "FSDP-sharded" in out and "fits 80 GiB with train.grad_accum=" in out
     assert main(["info", "ucf101-s", "--gpus", "5"]) == 2  # 768 does not split over 5 GPUs
     assert "global_batch=768" in capsys.readouterr().err
+
+
+def test_text_to_video_pipeline_base_grow_finetune_and_prompt_demo(tmp_path, capsys):
+    """The t2v-tiny recipe of scripts/make_t2v_demo.sh for 2 steps a stage: the level-0 base, grown
+    into the pyramid (`--init`), fine-tuned, with still images in every batch; then `hpdm demo
+    --prompt` with the result."""
+    fast = ["train.steps=2", "train.batch_size=4", "train.log_every=1"]
+    base, grown, ft = tmp_path / "base", tmp_path / "grown", tmp_path / "ft"
+    assert main(["train", "t2v-tiny-base", *fast, "--out", str(base)]) == 0
+    assert main(["train", "t2v-tiny", *fast, "--init", str(base), "--out", str(grown)]) == 0
+    assert main(["train", "t2v-tiny", *fast, "train.lr=1e-3", "--init", str(grown), "--out", str(ft)]) == 0
+    log = [json.loads(x) for x in (ft / "log.jsonl").read_text().splitlines()]
+    assert "loss_image_l2" in log[-1] and "loss_video_l2" in log[-1]  # one image in each batch of 4
+    out = tmp_path / "demo"
+    prompt = "a yellow star moves quickly down over a brown checkerboard"
+    args = [
+        "demo",
+        "--prompt",
+        prompt,
+        "--ckpt",
+        str(ft),
+        "--sample-steps",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["prompt"] == prompt and (out / "contact_sheet.png").exists()
+    assert list(out.glob("t2v_*.mp4"))
+    assert main(["demo", "--prompt", "a red ring", "--ckpt", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "make_t2v_demo.sh" in capsys.readouterr().err

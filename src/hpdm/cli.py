@@ -134,9 +134,25 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from hpdm.demo import run_demo
+    from hpdm.demo import run_demo, run_prompt_demo
 
     out_dir(a.out)
+    if a.prompt is not None or a.ckpt is not None:
+        if a.prompt is None or a.train:
+            raise ValueError(
+                "--ckpt goes with --prompt (a text-to-video model); --train retrains the class demo"
+            )
+        run_prompt_demo(
+            a.prompt,
+            out=Path(a.out),
+            ckpt=a.ckpt,
+            num=a.num_per_class,
+            size=a.size,
+            seed=a.seed,
+            quiet=a.quiet,
+            sample_steps=a.sample_steps,
+        )
+        return 0
     run_demo(
         out=Path(a.out),
         train=a.train,
@@ -315,7 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="training steps with --train (default: the preset's)",
     )
-    p.add_argument("--num-per-class", type=positive_int, default=1)
+    p.add_argument("--num-per-class", type=positive_int, default=1, help="videos per class (per prompt)")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help='text-to-video: videos of this prompt, e.g. "a yellow star moves quickly down over a brown '
+        'checkerboard", from the shipped text-to-video model (or --ckpt)',
+    )
+    p.add_argument("--ckpt", default=None, help="with --prompt: a text-to-video run or checkpoint to use")
     p.add_argument("--size", type=size_arg, default=None)
     p.add_argument("--sample-steps", type=steps_arg, default=None, help="as `hpdm sample --steps`")
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
-"""`hpdm demo`: the main job on the embedded default — one high-resolution video per class.
+"""`hpdm demo`: the main job on the embedded default — one high-resolution video per class;
+`hpdm demo --prompt TEXT`: text-to-video with the small shipped (or any) text-to-video model.
 
 The package ships a small checkpoint trained by this project's own `hpdm train demo` on the
 procedural `shapes` dataset (see `assets/demo/README.md` for the exact command and its log).
@@ -15,11 +16,66 @@ from hpdm.checkpoint import export_checkpoint, load_model
 from hpdm.config import load_config, save_config
 from hpdm.data.shapes import SHAPES_CLASSES
 
-__all__ = ["demo_checkpoint", "export_checkpoint", "run_demo"]  # export_checkpoint lives in hpdm.checkpoint
+__all__ = [
+    "demo_checkpoint",
+    "export_checkpoint",
+    "run_demo",
+    "run_prompt_demo",
+]  # export_checkpoint lives in hpdm.checkpoint
 
 
-def demo_checkpoint() -> Path:
-    return Path(str(resources.files("hpdm") / "assets" / "demo"))
+def demo_checkpoint(kind: str = "demo") -> Path:
+    """The shipped checkpoint: `demo` (class-conditional) or `t2v` (text-to-video)."""
+    return Path(str(resources.files("hpdm") / "assets" / kind))
+
+
+def run_prompt_demo(
+    prompt: str,
+    out: Path = Path("demo_out"),
+    ckpt: str | Path | None = None,
+    num: int = 1,
+    size: tuple[int, int, int] | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+    sample_steps: int | list[int] | None = None,
+) -> dict:
+    """`hpdm demo --prompt`: `num` videos of one prompt from the shipped text-to-video model
+    (`assets/t2v`, made by scripts/make_t2v_demo.sh) or any text-to-video checkpoint `ckpt`."""
+    from hpdm.outputs import save_outputs
+    from hpdm.sampling import Sampler
+    from hpdm.text import encode_text
+    from hpdm.train import pick_device
+
+    ckpt = Path(ckpt) if ckpt is not None else demo_checkpoint("t2v")
+    if not ckpt.exists():
+        raise FileNotFoundError(
+            f"no text-to-video checkpoint at {ckpt}; make one with scripts/make_t2v_demo.sh (the t2v-tiny "
+            "presets) or pass --ckpt RUN"
+        )
+    device = pick_device()
+    model, cfg = load_model(ckpt, device=device)
+    if cfg.model.text_dim == 0:
+        raise ValueError(f"{ckpt} is not a text-to-video model (model.text_dim=0); --prompt needs one")
+    text = encode_text(cfg, [prompt] * num, device)
+    t1 = time.perf_counter()
+    gen = Sampler(model, cfg, device).generate(
+        num=num, text=text, size=size, seed=seed, steps=sample_steps, progress=not quiet
+    )
+    gen.settings.update(
+        {
+            "ckpt": str(ckpt),
+            "prompt": prompt,
+            "seconds": round(time.perf_counter() - t1, 2),
+            "device": str(device),
+        }
+    )
+    save_outputs(gen, out, cfg.sample.fps, prefix="t2v", save_levels=True, labels=[prompt] * num)
+    save_config(cfg, out / "config.yaml")
+    size_s = "x".join(map(str, gen.video.shape[-3:]))
+    print(f"generated {num} video(s) of {size_s} for {prompt!r} in {gen.settings['seconds']} s")
+    print(f"  videos:        {out}/t2v_*.mp4 (coarse levels in t2v_*_level*.mp4)")
+    print(f"  contact sheet: {out / 'contact_sheet.png'}")
+    return gen.settings
 
 
 def run_demo(
