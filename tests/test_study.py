@@ -181,3 +181,23 @@ def test_a_study_reuses_another_studys_run_of_the_same_config_only(tmp_path):
     assert study.run_dir(tmp_path / "out", v, 0, cfg, smoke=True) == tmp_path / "out" / "default" / "seed_0"
     with pytest.raises(ConfigError, match="nope is not a trained variant"):
         Study.load(_write(tmp_path / "bad.yaml", **BASE, reuse={"nope": str(other)}))
+
+
+def test_evaluation_checkpoints_are_never_pruned(tmp_path):
+    """A study's evaluation points survive `train.keep` (an inference variant may read them after
+    the run has trained on): train.keep_steps."""
+    from hpdm.checkpoint import list_checkpoints
+    from hpdm.config import load_config
+    from hpdm.train import Trainer
+
+    over = [
+        "train.steps=5",
+        "train.ckpt_every=1",
+        "train.keep=1",
+        "train.keep_steps=[2]",
+        "train.batch_size=1",
+    ]
+    Trainer(load_config("tiny", [*over, f"train.out_dir={tmp_path}"]), progress=False).train()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002", "step_0000005"]
+    with pytest.raises(ConfigError, match="keep_steps"):
+        load_config("tiny", ["train.keep_steps=[0]"])

@@ -233,8 +233,10 @@ def save_checkpoint(
     cfg: Config,
     state: dict,
     keep: int,
+    keep_steps: tuple[int, ...] = (),
 ) -> Path:
-    """Write `step_N/` atomically (into `.tmp_step_N/`, then renamed) and prune to the newest `keep`.
+    """Write `step_N/` atomically (into `.tmp_step_N/`, then renamed) and prune to the newest `keep`,
+    never the checkpoints of `keep_steps`.
 
     `training`: optimizer, scheduler and RNG states (plain tensors and containers: it is read back
     with `weights_only=True`); `state`: what goes into state.json besides the step and time."""
@@ -253,7 +255,8 @@ def save_checkpoint(
         remove_checkpoint(final)
     os.replace(tmp, final)
     for old in list_checkpoints(out_dir)[:-keep]:
-        remove_checkpoint(old)
+        if _step_of(old) not in keep_steps:
+            remove_checkpoint(old)
     return final
 
 

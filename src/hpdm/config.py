@@ -134,6 +134,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 500
     keep: int = 3  # checkpoints to keep
+    keep_steps: list[int] = field(default_factory=list)  # and these, never pruned (a study's eval points)
     sample_every: int = 0  # 0 = never
     grad_accum: int = 1
     distributed: str = "ddp"  # ddp | fsdp (used under torchrun)
@@ -546,6 +547,8 @@ def validate(cfg: Config) -> None:
     _choice(t.precision, ("fp32", "bf16"), "train.precision")
     _choice(t.schedule, ("cosine", "constant"), "train.schedule")
     _choice(t.distributed, ("ddp", "fsdp"), "train.distributed")
+    if not all(isinstance(k, int) and k >= 1 for k in t.keep_steps):
+        raise ConfigError(f"train.keep_steps={t.keep_steps}: give a list of steps (whole numbers >= 1)")
     for key in ("batch_size", "grad_accum", "steps", "log_every", "ckpt_every", "keep"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key}={getattr(t, key)}: must be a positive whole number")

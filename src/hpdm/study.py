@@ -161,6 +161,7 @@ class Study:
             for d in (theirs, ours):
                 d.pop("name", None)
                 d["train"].pop("out_dir", None)
+                d["train"].pop("keep_steps", None)
             if theirs != ours:
                 diff = sorted(
                     f"{sec}.{k}"
@@ -234,6 +235,8 @@ def run_study(
             cfg = study.config(trained, seed, smoke)
             steps, per_step = study.steps(trained, cfg, smoke)
             cfg.train.steps = steps
+            # the evaluation points' checkpoints are never pruned (an inference variant reads them later)
+            cfg.train.keep_steps = sorted({max(1, round(f * steps)) for f in ev["at"]})
             run_dir = study.run_dir(out, trained, seed, cfg, smoke)
             if v.source is not None and not list_checkpoints(run_dir):
                 raise ConfigError(

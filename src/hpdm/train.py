@@ -273,6 +273,7 @@ class Trainer:
                 self.cfg,
                 {"data_position": self.step * self.global_batch, "world_size": self.ctx.world},
                 keep=self.cfg.train.keep,
+                keep_steps=tuple(self.cfg.train.keep_steps),
             )
         dist.barrier(self.ctx)
         return final
