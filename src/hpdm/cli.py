@@ -137,33 +137,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from hpdm.demo import run_demo, run_prompt_demo
 
     out_dir(a.out)
+    common = dict(out=Path(a.out), size=a.size, seed=a.seed, quiet=a.quiet, sample_steps=a.sample_steps)
     if a.prompt is not None or a.ckpt is not None:
         if a.prompt is None or a.train:
             raise ValueError(
                 "--ckpt goes with --prompt (a text-to-video model); --train retrains the class demo"
             )
-        run_prompt_demo(
-            a.prompt,
-            out=Path(a.out),
-            ckpt=a.ckpt,
-            num=a.num_per_class,
-            size=a.size,
-            seed=a.seed,
-            quiet=a.quiet,
-            sample_steps=a.sample_steps,
-        )
+        run_prompt_demo(a.prompt, ckpt=a.ckpt, num=a.num_per_class, **common)
         return 0
-    run_demo(
-        out=Path(a.out),
-        train=a.train,
-        steps=a.steps,
-        num_per_class=a.num_per_class,
-        size=a.size,
-        seed=a.seed,
-        quiet=a.quiet,
-        sample_steps=a.sample_steps,
-        overrides=a.overrides,
-    )
+    run_demo(train=a.train, steps=a.steps, num_per_class=a.num_per_class, overrides=a.overrides, **common)
     return 0
 
 
