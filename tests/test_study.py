@@ -108,6 +108,8 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
             {"name": "full-res", "full_res": True},
             {"name": "no-overlap", "from": "default", "sample": ["sample.overlap=none"]},
             {"name": "wide", "from": "default", "size": [16, 128, 256]},  # smoke: tiny's target, 2x wide
+            # resolves to default's settings (smoke samples with 2 steps): copied, not sampled again
+            {"name": "same", "from": "default", "sample": ["sample.steps=2"]},
         ],
     )
     out = tmp_path / "out"
@@ -119,7 +121,13 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
         and "| no-overlap | 2 |" in text
     )
     result = json.loads((out / "results.json").read_text())
-    assert len(result["records"]) == 4  # smoke: evaluated once, one sampling seed
+    assert len(result["records"]) == 5  # smoke: evaluated once, one sampling seed
+    recs = {r["variant"]: r for r in result["records"]}
+    assert recs["same"]["reused_from"] == str(
+        (out / "default" / "seed_0" / "eval_step_0000002_seed_0").resolve()
+    )
+    assert recs["same"]["fvd"] == recs["default"]["fvd"]
+    assert recs["no-overlap"]["reused_from"] is None and recs["wide"]["reused_from"] is None
     wide = next(r for r in result["rows"] if r["variant"] == "wide")
     default = next(r for r in result["rows"] if r["variant"] == "default")
     assert wide["size"][2] == 2 * default["size"][2] and wide["size"][:2] == default["size"][:2]

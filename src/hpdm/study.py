@@ -33,8 +33,12 @@ real clips' I3D features are computed once per study, in `OUT/.real_i3d`);
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import math
+import os
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -286,10 +290,20 @@ def _train_until(Trainer, cfg: Config, run_dir: Path, step: int, progress: bool)
 def _evaluate(run_report, run_dir, step, v, size, ev, eval_seed, out, seed, progress) -> dict:
     ck = run_dir / "checkpoints" / f"step_{step:07d}"
     dest = out / v.name / f"seed_{seed}" / f"eval_step_{step:07d}_seed_{eval_seed}"
+    over = [*ev["sample"], *v.sample]
+    key = _eval_key(ck, over, ev, eval_seed, size)
+    reused = None
+    if not (dest / "report.json").exists() and (same := _indexed_eval(run_dir, key)) is not None:
+        # the same checkpoint sampled with the same resolved settings, e.g. another study's
+        # variant or a variant whose override repeats the defaults: identical, so copied
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("report.json", "report.md"):
+            if (same / name).exists():
+                shutil.copyfile(same / name, dest / name)
+        reused = str(same)
     if (dest / "report.json").exists():
         r = json.loads((dest / "report.json").read_text())
     else:
-        over = [*ev["sample"], *v.sample]
         r = run_report(
             ck,
             dest,
@@ -301,8 +315,10 @@ def _evaluate(run_report, run_dir, step, v, size, ev, eval_seed, out, seed, prog
             feature_cache=out / ".real_i3d",
             size=size,
         )
+    _index_eval(run_dir, key, dest)
     return {
         "eval_seed": eval_seed,
+        "reused_from": reused,
         "fvd": [lv["fvd"] for lv in r["levels"]],
         "seam_score": [lv["seam_score"] for lv in r["levels"]],
         "class_accuracy": r["class_accuracy_fake"],
@@ -313,6 +329,44 @@ def _evaluate(run_report, run_dir, step, v, size, ev, eval_seed, out, seed, prog
         "num": r["num_fake"],
         "machine": r.get("machine"),
     }
+
+
+def _eval_key(ck: Path, overrides: list[str], ev: dict, eval_seed: int, size) -> str:
+    """What an evaluation's result depends on: the checkpoint, the sampling settings as resolved
+    (defaults filled in, so `sample.steps=32` and the preset's 32 are the same), the clips and seed."""
+    from hpdm.checkpoint import read_config
+
+    sample = dataclasses.asdict(read_config(ck, overrides).sample)
+    what = {
+        "checkpoint": ck.name,
+        "sample": sample,
+        "num": ev["num"],
+        "batch_size": ev["batch_size"],
+        "seed": eval_seed,
+        "size": list(size) if size is not None else None,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _indexed_eval(run_dir: Path, key: str) -> Path | None:
+    """A finished evaluation of this run with the same key (`eval_index.json`, paths relative to
+    the run, so the index holds in any clone)."""
+    index = run_dir / "eval_index.json"
+    if not index.exists():
+        return None
+    rel = json.loads(index.read_text()).get(key)
+    found = (run_dir / rel).resolve() if rel else None
+    return found if found is not None and (found / "report.json").exists() else None
+
+
+def _index_eval(run_dir: Path, key: str, dest: Path) -> None:
+    index = run_dir / "eval_index.json"
+    known = json.loads(index.read_text()) if index.exists() else {}
+    if key not in known:
+        known[key] = os.path.relpath(dest.resolve(), run_dir.resolve())
+        tmp = index.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+        tmp.replace(index)  # studies sharing a run may run side by side
 
 
 def _append(path: Path, rec: dict) -> None:
