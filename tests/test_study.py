@@ -8,9 +8,10 @@ import math
 import pytest
 import yaml
 
+from hpdm.checkpoint import read_config
 from hpdm.cli import main
 from hpdm.config import ConfigError
-from hpdm.study import Study, _eval_seeds, _summaries, report_study
+from hpdm.study import Study, _eval_seeds, _summaries, given_checkpoint, report_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,6 +35,11 @@ def test_study_files_are_checked(tmp_path):
         (dict(BASE, budget={"flops": -1}), "positive"),
         (dict(BASE, eval={"sample": ["train.lr=1"]}), "sample.key=value only"),
         (dict(BASE, eval={"at": [0.0, 1.0]}), "fractions"),
+        (
+            dict(BASE, variants=[{"name": "a", "checkpoint": "demo", "overrides": ["model.dim=8"]}]),
+            "as it was",
+        ),
+        (dict(BASE, variants=[{"name": "a", "checkpoint": "demo"}], reuse={"a": "x"}), "not a trained"),
     ]:
         with pytest.raises(ConfigError, match=words):
             Study.load(_write(p, **bad))
@@ -149,6 +155,23 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
     assert main(["study", "run", str(study), "--out", str(out), "--only", "nope"]) == 2
     assert "not variants" in capsys.readouterr().err
 
+    # a given checkpoint (e.g. the shipped demo) evaluated as it is, nothing trained
+    given = _write(
+        tmp_path / "given.yaml",
+        name="given",
+        variants=[
+            {"name": "model", "checkpoint": str(out / "default" / "seed_0")},
+            {"name": "none", "from": "model", "sample": ["sample.overlap=none"]},
+        ],
+    )
+    out2 = tmp_path / "out2"
+    assert main(["study", "run", str(given), "--out", str(out2), "--smoke", "--quiet"]) == 0
+    assert "| model | 2 | — |" in capsys.readouterr().out
+    got = {r["variant"]: r for r in json.loads((out2 / "results.json").read_text())["records"]}
+    assert got["model"]["fvd"] == recs["default"]["fvd"]  # the same checkpoint, seed and settings
+    assert got["none"]["fvd"] == recs["no-overlap"]["fvd"] and got["none"]["flops"] is None
+    assert not list(out2.glob("*/seed_0/checkpoints"))  # nothing trained
+
 
 def test_the_shipped_studies_load_and_their_variants_are_valid_configs(tmp_path):
     from pathlib import Path
@@ -158,7 +181,10 @@ def test_the_shipped_studies_load_and_their_variants_are_valid_configs(tmp_path)
     for f in files:
         study = Study.load(f)
         for v in study.variants:
-            if v.source is None:
+            given = next(t for t in study.variants if t.name == (v.source or v.name)).checkpoint
+            if given is not None:  # the sampling overrides hold for the given model
+                read_config(given_checkpoint(given), [*study.eval["sample"], *v.sample])
+            elif v.source is None:
                 cfg = study.config(v, study.seeds[0])  # raises ConfigError on a bad override
                 steps, _ = study.steps(v, cfg)
                 assert steps > 100, (f.name, v.name)

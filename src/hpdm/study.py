@@ -60,6 +60,7 @@ class Variant:
     sample: list[str] = field(default_factory=list)
     budget: dict | None = None  # its own budget (e.g. no AC at its own, higher, cost)
     size: list[int] | None = None  # evaluate at this (F, H, W), e.g. wider than training
+    checkpoint: str | None = None  # a trained model evaluated as it is ("demo": the shipped one)
 
 
 @dataclass
@@ -87,10 +88,25 @@ class Study:
             raise ConfigError(f"{path}: unknown study keys {sorted(unknown)}; known: {sorted(known)}")
         variants = []
         for v in raw.get("variants") or []:
-            extra = set(v) - {"name", "overrides", "full_res", "from", "sample", "budget", "size"}
+            extra = set(v) - {
+                "name",
+                "overrides",
+                "full_res",
+                "from",
+                "sample",
+                "budget",
+                "size",
+                "checkpoint",
+            }
             if "name" not in v or extra:
                 raise ConfigError(
-                    f"{path}: variant {v}: give a name, and only overrides, full_res, from, sample, budget, size"
+                    f"{path}: variant {v}: give a name, and only overrides, full_res, from, sample, "
+                    "budget, size, checkpoint"
+                )
+            if v.get("checkpoint") is not None and (v.get("overrides") or v.get("full_res") or v.get("from")):
+                raise ConfigError(
+                    f"{path}: variant {v['name']}: a `checkpoint` is evaluated as it was trained; "
+                    "give it no overrides, full_res or from"
                 )
             if v.get("size") is not None and (
                 len(v["size"]) != 3 or not all(isinstance(n, int) and n > 0 for n in v["size"])
@@ -107,6 +123,7 @@ class Study:
                     list(v.get("sample") or []),
                     v.get("budget"),
                     v.get("size"),
+                    v.get("checkpoint"),
                 )
             )
         study = cls(
@@ -131,13 +148,14 @@ class Study:
         for v in self.variants:
             if v.source is not None and v.source not in names:
                 raise ConfigError(f"{path}: variant {v.name} is `from: {v.source}`, which is not a variant")
-            if v.source is None:
+            if v.source is None and v.checkpoint is None:
                 _check_budget(v.budget or self.budget, f"{path}: variant {v.name}")
             for s in v.sample + list(self.eval["sample"]):
                 if not s.startswith("sample."):
                     raise ConfigError(f"{path}: '{s}': evaluation settings are sample.key=value only")
         for name in self.reuse:
-            if name not in names or next(v for v in self.variants if v.name == name).source is not None:
+            given = next((v for v in self.variants if v.name == name), None)
+            if given is None or given.source is not None or given.checkpoint is not None:
                 raise ConfigError(f"{path}: reuse: {name} is not a trained variant of this study")
         if not all(0 < f <= 1 for f in self.eval["at"]):
             raise ConfigError(
@@ -235,6 +253,16 @@ def run_study(
     todo = [v for v in study.variants if not only or v.name in only]
     for v in sorted(todo, key=lambda v: v.source is not None):  # trained variants first
         trained = next(t for t in study.variants if t.name == (v.source or v.name))
+        if trained.checkpoint is not None:  # a given model: evaluated once, at the final point's seeds
+            ck = given_checkpoint(trained.checkpoint)
+            step = int(json.loads((ck / "state.json").read_text())["step"])
+            size = tuple(v.size) if v.size is not None else None
+            for es in _eval_seeds(ev, 1.0):
+                rec = _evaluate(run_report, ck, out / trained.name, v, size, ev, es, out, 0, progress)
+                rec.update(variant=v.name, seed=0, step=step, steps=step, flops=None, checkpoint=str(ck))
+                records.append(rec)
+                _append(out / v.name / "results.jsonl", rec)
+            continue
         for seed in seeds:
             cfg = study.config(trained, seed, smoke)
             steps, per_step = study.steps(trained, cfg, smoke)
@@ -252,7 +280,8 @@ def run_study(
                     _train_until(Trainer, cfg, run_dir, step, progress)
                 size = _eval_size(study, trained, v, cfg, smoke)
                 for es in _eval_seeds(ev, frac):
-                    rec = _evaluate(run_report, run_dir, step, v, size, ev, es, out, seed, progress)
+                    ck = run_dir / "checkpoints" / f"step_{step:07d}"
+                    rec = _evaluate(run_report, ck, run_dir, v, size, ev, es, out, seed, progress)
                     rec.update(variant=v.name, seed=seed, step=step, steps=steps, flops=step * per_step)
                     records.append(rec)
                     _append(out / v.name / "results.jsonl", rec)
@@ -287,13 +316,24 @@ def _train_until(Trainer, cfg: Config, run_dir: Path, step: int, progress: bool)
     _append(run_dir / "train_seconds.jsonl", {"until": step, "seconds": round(time.perf_counter() - t0, 1)})
 
 
-def _evaluate(run_report, run_dir, step, v, size, ev, eval_seed, out, seed, progress) -> dict:
-    ck = run_dir / "checkpoints" / f"step_{step:07d}"
+def given_checkpoint(name: str) -> Path:
+    """A `checkpoint` variant's model: `demo` (the shipped class-conditional model), a checkpoint
+    folder or a run folder (its newest checkpoint)."""
+    from hpdm.checkpoint import resolve_checkpoint
+    from hpdm.demo import demo_checkpoint
+
+    return resolve_checkpoint(demo_checkpoint() if name == "demo" else name)
+
+
+def _evaluate(run_report, ck, index_dir, v, size, ev, eval_seed, out, seed, progress) -> dict:
+    """One `hpdm eval report` of checkpoint `ck` into the variant's folder; `index_dir` keeps the
+    index of the evaluations of ck's run (see `_indexed_eval`)."""
+    step = int(json.loads((ck / "state.json").read_text())["step"])
     dest = out / v.name / f"seed_{seed}" / f"eval_step_{step:07d}_seed_{eval_seed}"
     over = [*ev["sample"], *v.sample]
     key = _eval_key(ck, over, ev, eval_seed, size)
     reused = None
-    if not (dest / "report.json").exists() and (same := _indexed_eval(run_dir, key)) is not None:
+    if not (dest / "report.json").exists() and (same := _indexed_eval(index_dir, key)) is not None:
         # the same checkpoint sampled with the same resolved settings, e.g. another study's
         # variant or a variant whose override repeats the defaults: identical, so copied
         dest.mkdir(parents=True, exist_ok=True)
@@ -315,7 +355,7 @@ def _evaluate(run_report, run_dir, step, v, size, ev, eval_seed, out, seed, prog
             feature_cache=out / ".real_i3d",
             size=size,
         )
-    _index_eval(run_dir, key, dest)
+    _index_eval(index_dir, key, dest)
     return {
         "eval_seed": eval_seed,
         "reused_from": reused,
@@ -398,9 +438,11 @@ def report_study(out: str | Path) -> dict:
     from hpdm.plots import line_plot
 
     final = {}
-    for r in rows:
-        final.setdefault(r["variant"], []).append((r["flops"], r["fvd_mean"][-1], r["fvd_std"][-1]))
-    line_plot(final, out / "fvd_vs_flops.png", "training FLOPs", "FVD, finest level")
+    for r in rows:  # a given checkpoint (`checkpoint:`) has no training FLOPs here: not on the curve
+        if r["flops"] is not None:
+            final.setdefault(r["variant"], []).append((r["flops"], r["fvd_mean"][-1], r["fvd_std"][-1]))
+    if final:
+        line_plot(final, out / "fvd_vs_flops.png", "training FLOPs", "FVD, finest level")
     last = [r for r in rows if r["step"] == max(x["step"] for x in rows if x["variant"] == r["variant"])]
     per_level = {
         r["variant"]: [(lvl, m, s) for lvl, (m, s) in enumerate(zip(r["fvd_mean"], r["fvd_std"]))]
@@ -458,7 +500,7 @@ def _markdown(rows: list[dict]) -> str:
         fvd = ["—"] * (levels - len(r["fvd_mean"])) + [
             f"{m:.0f} ± {s:.0f}" for m, s in zip(r["fvd_mean"], r["fvd_std"])
         ]
-        cells = [r["variant"], str(r["step"]), f"{r['flops']:.3g}", *fvd]
+        cells = [r["variant"], str(r["step"]), "—" if r["flops"] is None else f"{r['flops']:.3g}", *fvd]
         cells += [f"{100 * r['class_accuracy'][0]:.1f} %", f"{100 * r['shape_accuracy'][0]:.1f} %"]
         objects = r.get("objects_per_frame")
         cells += [f"{r['seam_score'][0]:.2f}", f"{objects[0]:.2f} ± {objects[1]:.2f}" if objects else "—"]
