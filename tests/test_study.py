@@ -11,7 +11,7 @@ import yaml
 from hpdm.checkpoint import read_config
 from hpdm.cli import main
 from hpdm.config import ConfigError
-from hpdm.study import Study, _eval_seeds, _summaries, given_checkpoint, report_study
+from hpdm.study import Study, _eval_seeds, _markdown, _summaries, given_checkpoint, report_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -71,6 +71,10 @@ def test_summaries_are_means_and_stds_over_seeds():
     assert row["seconds_per_clip"] == 0.5 and row["objects_per_frame"][0] == 1.5
     assert row["fvd_mean"] == [20.0, 1.0] and row["evaluations"] == 4 and row["training_seeds"] == 2
     assert row["fvd_std"][0] == pytest.approx(math.sqrt(200 / 3)) and row["fvd_std"][1] == 0
+    assert row["seam_score"] == [1.0, 0.0]
+    (flat,) = _summaries([dict(r, seam_score=[None]) for r in recs])  # no tiles: no seam score
+    assert flat["seam_score"] is None
+    assert f"| {100 * 0.5:.1f} % | {100 * 0.25:.1f} % | — |" in _markdown([flat])
 
 
 def test_curve_points_use_the_first_sampling_seed_and_the_final_point_all():

@@ -476,9 +476,10 @@ def _summaries(records: list[dict]) -> list[dict]:
                 "fvd_std": [s for _, s in fvd],
                 "class_accuracy": stats([r["class_accuracy"] for r in rs]),
                 "shape_accuracy": stats([r["shape_accuracy"] for r in rs]),
-                "seam_score": stats(
-                    [r["seam_score"][-1] for r in rs if r["seam_score"][-1] is not None] or [0.0]
-                ),
+                # None: a model without tiles (full resolution) has no seams to score
+                "seam_score": stats(seams)
+                if (seams := [r["seam_score"][-1] for r in rs if r["seam_score"][-1] is not None])
+                else None,
                 "generation_seconds": statistics.fmean(r["generation_seconds"] for r in rs),
                 "seconds_per_clip": statistics.fmean(r["generation_seconds"] / r["num"] for r in rs),
                 "objects_per_frame": stats([r["objects_per_frame"] for r in rs])
@@ -503,7 +504,8 @@ def _markdown(rows: list[dict]) -> str:
         cells = [r["variant"], str(r["step"]), "—" if r["flops"] is None else f"{r['flops']:.3g}", *fvd]
         cells += [f"{100 * r['class_accuracy'][0]:.1f} %", f"{100 * r['shape_accuracy'][0]:.1f} %"]
         objects = r.get("objects_per_frame")
-        cells += [f"{r['seam_score'][0]:.2f}", f"{objects[0]:.2f} ± {objects[1]:.2f}" if objects else "—"]
+        seam = "—" if r["seam_score"] is None else f"{r['seam_score'][0]:.2f}"
+        cells += [seam, f"{objects[0]:.2f} ± {objects[1]:.2f}" if objects else "—"]
         cells += [f"{r['seconds_per_clip']:.2f}", f"{r['evaluations']} ({r['training_seeds']} trained)"]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
