@@ -175,6 +175,18 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
     assert got["model"]["fvd"] == recs["default"]["fvd"]  # the same checkpoint, seed and settings
     assert got["none"]["fvd"] == recs["no-overlap"]["fvd"] and got["none"]["flops"] is None
     assert not list(out2.glob("*/seed_0/checkpoints"))  # nothing trained
+    # a pass with one of the sampling seeds
+    given.write_text(given.read_text() + "eval: {seeds: [0, 1]}\n")
+    assert (
+        main(["study", "run", str(given), "--out", str(out2), "--smoke", "--quiet", "--eval-seeds", "1"]) == 0
+    )
+    seeds = {
+        (r["variant"], r["eval_seed"]) for r in json.loads((out2 / "results.json").read_text())["records"]
+    }
+    assert seeds == {("model", 0), ("none", 0), ("model", 1), ("none", 1)}
+    capsys.readouterr()
+    assert main(["study", "run", str(given), "--out", str(out2), "--eval-seeds", "7"]) == 2
+    assert "not sampling seeds" in capsys.readouterr().err
 
 
 def test_the_shipped_studies_load_and_their_variants_are_valid_configs(tmp_path):

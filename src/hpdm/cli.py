@@ -200,7 +200,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     from hpdm.study import report_study, run_study
 
     if a.study_command == "run":
-        run_study(a.study, a.out, only=a.only, smoke=a.smoke, progress=not a.quiet)
+        run_study(a.study, a.out, only=a.only, smoke=a.smoke, progress=not a.quiet, eval_seeds=a.eval_seeds)
         result = report_study(a.out)
     else:
         result = report_study(a.out)
@@ -367,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("study", help="a study YAML (see studies/)")
     q.add_argument("--out", required=True, help="the study's folder")
     q.add_argument("--only", nargs="+", default=None, metavar="NAME", help="only these variants")
+    q.add_argument(
+        "--eval-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="evaluate with only these of eval.seeds now (e.g. one seed for every variant first)",
+    )
     q.add_argument("--smoke", action="store_true", help="the whole study at tiny size, to check it runs")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_study)

@@ -228,12 +228,15 @@ def run_study(
     only: list[str] | None = None,
     smoke: bool = False,
     progress: bool = True,
+    eval_seeds: list[int] | None = None,
 ) -> list[dict]:
     """Train and evaluate every variant (or those in `only`); returns the evaluation records.
 
     Resumable: a variant's training continues from its newest checkpoint, an evaluation whose
     `report.json` exists is read back instead of rerun. `smoke`: the whole study at `tiny` size
-    (2 steps, evaluated once on 4 clips with 2 sampling steps, one seed of each), to check it runs."""
+    (2 steps, evaluated once on 4 clips with 2 sampling steps, one seed of each), to check it runs.
+    `eval_seeds`: evaluate with only these of the study's sampling seeds now, e.g. one seed for
+    every variant first and the others in a later pass (finished evaluations are kept)."""
     from hpdm.checkpoint import list_checkpoints
     from hpdm.metrics.report import run_report
     from hpdm.train import Trainer
@@ -244,6 +247,12 @@ def run_study(
     if only and (bad := [n for n in only if n not in names]):
         raise ConfigError(f"--only {bad}: not variants of {study.name}; its variants are {names}")
     ev = dict(study.eval)
+    if eval_seeds is not None:  # a pass with some of the sampling seeds (e.g. one across variants first)
+        if bad := [s for s in eval_seeds if s not in ev["seeds"]]:
+            raise ConfigError(
+                f"--eval-seeds {bad}: not sampling seeds of {study.name}; its eval.seeds are {ev['seeds']}"
+            )
+        ev["seeds"] = [s for s in ev["seeds"] if s in eval_seeds]
     if smoke:
         ev.update(
             at=[1.0], num=4, batch_size=4, seeds=ev["seeds"][:1], sample=[*ev["sample"], "sample.steps=2"]
