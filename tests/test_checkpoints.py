@@ -224,3 +224,17 @@ def test_a_new_run_into_a_folder_with_checkpoints_is_refused(run, tmp_path, caps
     err = capsys.readouterr().err
     assert "already holds a run (newest checkpoint step_0000004)" in err and "--resume auto" in err
     assert sorted(p.name for p in (dest / "checkpoints").iterdir()) == before
+
+
+def test_result_files_name_a_checkpoint_the_same_in_every_clone(tmp_path, monkeypatch):
+    """The shipped demo is `hpdm:assets/demo` wherever hpdm is installed, a checkpoint under the
+    working folder is named relative to it, any other by its absolute path."""
+    from hpdm.checkpoint import checkpoint_label
+    from hpdm.demo import demo_checkpoint
+
+    assert checkpoint_label(demo_checkpoint()) == "hpdm:assets/demo"
+    (tmp_path / "work" / "runs" / "a").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert checkpoint_label("runs/a") == "runs/a"
+    assert checkpoint_label(tmp_path / "work" / "runs" / "a") == "runs/a"
+    assert checkpoint_label(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())

@@ -487,7 +487,10 @@ def test_info_costs_a_paper_run(capsys):
     """`hpdm info PRESET --gpus N`: GPU-hours of the preset's run and the grad_accum that fits."""
     assert main(["info", "t2v-base", "--gpus", "64", "--tflops", "100"]) == 0
     out = capsys.readouterr().out
-    assert "run on 64 GPUs  500,000 steps x 4,096 videos" in out and "GPU-hours at 100 TFLOP/s" in out
+    assert (
+        "run on 64 GPUs  500,000 steps x 8,192 clips (4,096 videos + 4,096 images)" in out
+        and "GPU-hours at 100 TFLOP/s" in out
+    )
     assert "FSDP-sharded" in out and "fits 80 GiB with train.grad_accum=" in out
     assert main(["info", "ucf101-s", "--gpus", "5"]) == 2  # 768 does not split over 5 GPUs
     assert "global_batch=768" in capsys.readouterr().err

@@ -326,13 +326,14 @@ def test_paper_presets_have_the_papers_parameter_counts(preset):
 
 
 def test_paper_presets_have_tab8_training_settings():
-    """Batch, steps, warm-up, adaptive computation, levels and tokenisation as Tab. 8 states them."""
+    """Batch, steps, warm-up, adaptive computation, levels and tokenisation as Tab. 8 states them;
+    the text-to-video batches are half still images (4096 videos + 4096 images; T2V-1K 1024 + 1024)."""
     want = {
         "ucf101-s": (768, 40_000, 10_000, [1, 1, 2, 2, 3, 3], 3, (1, 4, 4)),
         "ucf101-m": (768, 40_000, 10_000, [1, 1, 2, 2, 3, 3], 3, (1, 4, 4)),
         "ucf101-l": (768, 65_000, 10_000, [1, 1, 2, 2, 3, 3], 3, (1, 4, 4)),
-        "t2v": (4096, 15_000, 5_000, [1, 2, 2, 3, 3, 4], 4, (1, 3, 4)),
-        "t2v-1k": (1024, 100_000, 5_000, [4] * 6, 4, (1, 3, 4)),
+        "t2v": (8192, 15_000, 5_000, [1, 2, 2, 3, 3, 4], 4, (1, 3, 4)),
+        "t2v-1k": (2048, 100_000, 5_000, [4] * 6, 4, (1, 3, 4)),
     }
     for preset, (batch, steps, warmup, lpb, levels, cube) in want.items():
         c = load_config(preset)
@@ -343,9 +344,13 @@ def test_paper_presets_have_tab8_training_settings():
         )
         assert c.sample.steps == 128 and c.sample.halve_steps and c.sample.sampler == "euler"
         assert (c.sample.S_churn == 0.0) == preset.startswith("t2v")  # stochasticity off for T2V
+        assert (c.data.image_ratio, bool(c.data.images)) == (
+            (0.5, True) if preset.startswith("t2v") else (0.0, False)
+        )
     k1 = load_config("t2v-1k")
     assert tuple(k1.pyramid.patch) == (16, 72, 128) and tuple(k1.pyramid.target) == (16, 576, 1024)
     base = load_config("t2v-base")
+    assert (base.train.global_batch, base.data.image_ratio) == (8192, 0.5)
     assert base.pyramid.num_levels == 1 and tuple(base.pyramid.patch) == tuple(
         load_config("t2v").pyramid.patch
     )
@@ -380,3 +385,8 @@ def test_recipe_costs_the_run_and_finds_a_micro_batch_that_fits(tiny_config):
     assert recipe(info, cfg, 4, 1.0, gpu_memory_gib=1e-9)["grad_accum_to_fit"] is None
     with pytest.raises(ConfigError, match="global_batch"):
         recipe(info, cfg, gpus=3, tflops=1.0)
+    assert r["images_per_batch"] == 0
+    mixed = tiny_config("train.global_batch=64", "data.images=shapes", "data.image_ratio=0.25")
+    r = recipe(model_info(mixed), mixed, gpus=4, tflops=1.0)
+    assert (r["global_batch"], r["images_per_batch"]) == (64, 16)
+    assert "64 clips (48 videos + 16 images)" in format_info({**model_info(mixed), "recipe": r})

@@ -92,6 +92,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def checkpoint_label(ck: str | Path) -> str:
+    """How a checkpoint is named in a result file, the same in every clone: `hpdm:assets/NAME` for
+    a checkpoint shipped inside the package, a path relative to the working folder for one under
+    it, else the absolute path."""
+    from importlib import resources
+
+    p = Path(ck).resolve()
+    for root, label in ((Path(str(resources.files("hpdm"))).resolve(), "hpdm:"), (Path.cwd().resolve(), "")):
+        if p.is_relative_to(root):
+            return label + p.relative_to(root).as_posix()
+    return str(p)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading: every file, with one error naming it
 

@@ -431,6 +431,8 @@ def recipe(info: dict, cfg: Config, gpus: int, tflops: float, gpu_memory_gib: fl
         "tflops_per_gpu": tflops,
         "steps": t.steps,
         "global_batch": micro * gpus * t.grad_accum,
+        # joint image+video training: this share of every batch is still images (each costs a video)
+        "images_per_batch": round(micro * gpus * t.grad_accum * cfg.data.image_ratio),
         "micro_batch_per_gpu": micro,
         "videos": videos,
         "flops": flops,
@@ -478,8 +480,11 @@ def format_info(info: dict) -> str:
         r = info["recipe"]
         how = "FSDP-sharded" if r["distributed"] == "fsdp" else "replicated (DDP)"
         act = "with" if r["activation_checkpointing"] else "without"
+        batch = f"{r['global_batch']:,} videos"
+        if img := r.get("images_per_batch"):
+            batch = f"{r['global_batch']:,} clips ({r['global_batch'] - img:,} videos + {img:,} images)"
         lines += [
-            f"run on {r['gpus']} GPUs  {r['steps']:,} steps x {r['global_batch']:,} videos = "
+            f"run on {r['gpus']} GPUs  {r['steps']:,} steps x {batch} = "
             f"{_fmt_flops(r['flops'])} = {r['gpu_hours']:,.0f} GPU-hours at {r['tflops_per_gpu']:g} TFLOP/s per GPU",
             f"memory per GPU    {human_bytes(r['memory_per_gpu_bytes'])}: training state "
             f"{human_bytes(r['state_per_gpu_bytes'])} ({how}) + {r['micro_batch_per_gpu']} videos "

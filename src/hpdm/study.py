@@ -237,7 +237,7 @@ def run_study(
     (2 steps, evaluated once on 4 clips with 2 sampling steps, one seed of each), to check it runs.
     `eval_seeds`: evaluate with only these of the study's sampling seeds now, e.g. one seed for
     every variant first and the others in a later pass (finished evaluations are kept)."""
-    from hpdm.checkpoint import list_checkpoints
+    from hpdm.checkpoint import checkpoint_label, list_checkpoints
     from hpdm.metrics.report import run_report
     from hpdm.train import Trainer
 
@@ -268,7 +268,9 @@ def run_study(
             size = tuple(v.size) if v.size is not None else None
             for es in _eval_seeds(ev, 1.0):
                 rec = _evaluate(run_report, ck, out / trained.name, v, size, ev, es, out, 0, progress)
-                rec.update(variant=v.name, seed=0, step=step, steps=step, flops=None, checkpoint=str(ck))
+                rec.update(
+                    variant=v.name, seed=0, step=step, steps=step, flops=None, checkpoint=checkpoint_label(ck)
+                )
                 records.append(rec)
                 _append(out / v.name / "results.jsonl", rec)
             continue

@@ -196,7 +196,7 @@ def run_report(
     draw the same real clips (a study's variants) run the detector on them once. `size`: generate
     (and render the real clips) at this (F, H, W) instead of the training target, e.g. wider than
     training; objects per frame are reported at every size."""
-    from hpdm.checkpoint import load_model, resolve_checkpoint
+    from hpdm.checkpoint import checkpoint_label, load_model, resolve_checkpoint
     from hpdm.metrics.classifier import class_accuracy, load_classifier
     from hpdm.metrics.fvd import I3DFeatureExtractor, compute_stats, frechet_distance
     from hpdm.metrics.objects import object_areas, object_counts, persistence
@@ -283,7 +283,7 @@ def run_report(
     objects_fake = object_counts(fakes[-1], labels).float()
     objects_real = object_counts(reals[-1], torch.cat(real_labels)).float()
     report = {
-        "checkpoint": str(ck),
+        "checkpoint": checkpoint_label(ck),
         "num_fake": num,
         "num_real": num,
         "overlap": overlap,
