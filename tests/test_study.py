@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import yaml
@@ -187,6 +188,21 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
     capsys.readouterr()
     assert main(["study", "run", str(given), "--out", str(out2), "--eval-seeds", "7"]) == 2
     assert "not sampling seeds" in capsys.readouterr().err
+
+    # a fresh clone holds the evaluations but not the checkpoints (never committed): the study
+    # reports from them and trains nothing; an evaluation still to make says what to run first
+    for ck in out.glob("*/seed_0/checkpoints"):
+        shutil.rmtree(ck)
+    assert main(["study", "run", str(study), "--out", str(out), "--smoke", "--quiet"]) == 0
+    assert (out / "default" / "seed_0" / "train_seconds.jsonl").read_text() == trained
+    assert not list(out.glob("*/seed_0/checkpoints")) and report_study(out)["rows"] == result["rows"]
+    spec = yaml.safe_load(study.read_text())
+    spec["variants"].append({"name": "new", "from": "default", "sample": ["sample.steps=3"]})
+    _write(study, **spec)
+    capsys.readouterr()
+    assert main(["study", "run", str(study), "--out", str(out), "--smoke", "--only", "new"]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint" in err and "--only default" in err
 
 
 def test_the_shipped_studies_load_and_their_variants_are_valid_configs(tmp_path):

@@ -237,7 +237,7 @@ def run_study(
     (2 steps, evaluated once on 4 clips with 2 sampling steps, one seed of each), to check it runs.
     `eval_seeds`: evaluate with only these of the study's sampling seeds now, e.g. one seed for
     every variant first and the others in a later pass (finished evaluations are kept)."""
-    from hpdm.checkpoint import checkpoint_label, list_checkpoints
+    from hpdm.checkpoint import checkpoint_label
     from hpdm.metrics.report import run_report
     from hpdm.train import Trainer
 
@@ -281,17 +281,25 @@ def run_study(
             # the evaluation points' checkpoints are never pruned (an inference variant reads them later)
             cfg.train.keep_steps = sorted({max(1, round(f * steps)) for f in ev["at"]})
             run_dir = study.run_dir(out, trained, seed, cfg, smoke)
-            if v.source is not None and not list_checkpoints(run_dir):
-                raise ConfigError(
-                    f"variant {v.name} evaluates {v.source}, which has no run in {run_dir}; run it first"
-                )
+            size = _eval_size(study, trained, v, cfg, smoke)
             for frac in ev["at"]:
                 step = max(1, round(frac * steps))
-                if v.source is None:
+                ck = run_dir / "checkpoints" / f"step_{step:07d}"
+                # checkpoints are not committed: evaluations already made are read back, and a
+                # model is (re)trained only for an evaluation still to make
+                missing = [
+                    es
+                    for es in _eval_seeds(ev, frac)
+                    if not _finished(ck, run_dir, v, size, ev, es, out, seed)
+                ]
+                if missing and v.source is None:
                     _train_until(Trainer, cfg, run_dir, step, progress)
-                size = _eval_size(study, trained, v, cfg, smoke)
+                elif missing and not ck.is_dir():
+                    raise ConfigError(
+                        f"variant {v.name} evaluates {v.source}, which has no checkpoint {ck}; "
+                        f"run it first (hpdm study run {path} --only {v.source})"
+                    )
                 for es in _eval_seeds(ev, frac):
-                    ck = run_dir / "checkpoints" / f"step_{step:07d}"
                     rec = _evaluate(run_report, ck, run_dir, v, size, ev, es, out, seed, progress)
                     rec.update(variant=v.name, seed=seed, step=step, steps=steps, flops=step * per_step)
                     records.append(rec)
@@ -339,10 +347,11 @@ def given_checkpoint(name: str) -> Path:
 def _evaluate(run_report, ck, index_dir, v, size, ev, eval_seed, out, seed, progress) -> dict:
     """One `hpdm eval report` of checkpoint `ck` into the variant's folder; `index_dir` keeps the
     index of the evaluations of ck's run (see `_indexed_eval`)."""
-    step = int(json.loads((ck / "state.json").read_text())["step"])
-    dest = out / v.name / f"seed_{seed}" / f"eval_step_{step:07d}_seed_{eval_seed}"
+    from hpdm.checkpoint import checkpoint_label
+
+    dest = _eval_dest(ck, v, eval_seed, out, seed)
     over = [*ev["sample"], *v.sample]
-    key = _eval_key(ck, over, ev, eval_seed, size)
+    key = _eval_key(ck, index_dir, over, ev, eval_seed, size)
     reused = None
     if not (dest / "report.json").exists() and (same := _indexed_eval(index_dir, key)) is not None:
         # the same checkpoint sampled with the same resolved settings, e.g. another study's
@@ -351,7 +360,7 @@ def _evaluate(run_report, ck, index_dir, v, size, ev, eval_seed, out, seed, prog
         for name in ("report.json", "report.md"):
             if (same / name).exists():
                 shutil.copyfile(same / name, dest / name)
-        reused = str(same)
+        reused = checkpoint_label(same)  # relative to the working folder: the same in every clone
     if (dest / "report.json").exists():
         r = json.loads((dest / "report.json").read_text())
     else:
@@ -382,12 +391,34 @@ def _evaluate(run_report, ck, index_dir, v, size, ev, eval_seed, out, seed, prog
     }
 
 
-def _eval_key(ck: Path, overrides: list[str], ev: dict, eval_seed: int, size) -> str:
+def _eval_dest(ck: Path, v: Variant, eval_seed: int, out: Path, seed: int) -> Path:
+    """The folder of one evaluation: OUT/VARIANT/seed_N/eval_step_S_seed_E (S: the checkpoint's
+    step, or its name's, `step_S`, where the checkpoint is not there)."""
+    state = ck / "state.json"
+    step = int(json.loads(state.read_text())["step"]) if state.is_file() else int(ck.name.split("_")[-1])
+    return out / v.name / f"seed_{seed}" / f"eval_step_{step:07d}_seed_{eval_seed}"
+
+
+def _finished(
+    ck: Path, run_dir: Path, v: Variant, size, ev: dict, eval_seed: int, out: Path, seed: int
+) -> bool:
+    """Whether this evaluation exists already: its report, or the same one indexed in the run."""
+    if (_eval_dest(ck, v, eval_seed, out, seed) / "report.json").exists():
+        return True
+    if not (ck / "config.yaml").is_file() and not (run_dir / "config.yaml").is_file():
+        return False
+    key = _eval_key(ck, run_dir, [*ev["sample"], *v.sample], ev, eval_seed, size)
+    return _indexed_eval(run_dir, key) is not None
+
+
+def _eval_key(ck: Path, run_dir: Path, overrides: list[str], ev: dict, eval_seed: int, size) -> str:
     """What an evaluation's result depends on: the checkpoint, the sampling settings as resolved
-    (defaults filled in, so `sample.steps=32` and the preset's 32 are the same), the clips and seed."""
+    (defaults filled in, so `sample.steps=32` and the preset's 32 are the same), the clips and seed.
+    The settings come from the checkpoint's config, or the run's where the checkpoint is gone
+    (the run writes both from one config)."""
     from hpdm.checkpoint import read_config
 
-    sample = dataclasses.asdict(read_config(ck, overrides).sample)
+    sample = dataclasses.asdict(read_config(ck if ck.is_dir() else run_dir, overrides).sample)
     what = {
         "checkpoint": ck.name,
         "sample": sample,
