@@ -39,7 +39,7 @@ def test_smoke(script: Path, tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a guard against a hang: a loaded machine takes over 120 s
     )
     assert run.returncode == 0, f"{script.name} --smoke failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     assert "|---" in run.stdout, f"{script.name} --smoke printed no table:\n{run.stdout[-3000:]}"
