@@ -45,3 +45,28 @@ def perturb(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.n
 @pytest.fixture
 def perturbed() -> Callable[..., torch.nn.Module]:
     return perturb
+
+
+class StandInI3D(torch.nn.Module):
+    """A cheap, deterministic stand-in for I3D: a fixed random projection of pooled pixels to
+    I3D's 400 features. For the command-line plumbing tests (reports, studies), which check what
+    is computed and stored, not the detector; the real I3D is tested on its own against the Flax
+    reference (test_metrics.py). On 2 CPU cores it saves ~1.5 s per clip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("proj", torch.randn(3 * 4**3, 400, generator=g) / 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool3d(x, 4).flatten(1) @ self.proj
+
+
+@pytest.fixture
+def stand_in_i3d(monkeypatch, tmp_path_factory):
+    """FVD in this test uses `StandInI3D` in place of the real detector, and a fresh home folder:
+    real statistics cached in ~/.cache/hpdm belong to the real detector (and to the user)."""
+    import hpdm.metrics.fvd as fvd
+
+    monkeypatch.setattr(fvd, "load_i3d", lambda *a, **k: StandInI3D())
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))

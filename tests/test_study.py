@@ -105,7 +105,7 @@ def test_real_features_are_cached_by_content(tmp_path):
     assert ex.calls == 4 and len(list(tmp_path.glob("*.npy"))) == 2
 
 
-def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys):
+def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys, stand_in_i3d):
     """A whole study at tiny size from the command line: a trained variant, its full-resolution
     counterpart and an inference-only variant; a second run reuses everything."""
     study = _write(
