@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -9,7 +10,21 @@ import torch
 
 from hpdm.config import Config, load_config
 
-torch.set_num_threads(min(2, torch.get_num_threads()))  # the CI machine has 2 cores
+# The CI machine has 2 cores. Under pytest-xdist (`-n`, as pyproject's addopts) each worker runs
+# on one thread: two single-thread workers keep both cores busy, and no worker's OpenMP threads
+# wait on cores the other holds (a tiny model's matmuls gain nothing from a second thread).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_home(tmp_path_factory):
+    """No test reads or writes the user's caches (~/.cache/hpdm: FVD statistics, converted I3D
+    weights): each test session (each xdist worker) has a home folder of its own."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        yield home
 
 
 @pytest.fixture
@@ -64,8 +79,8 @@ class StandInI3D(torch.nn.Module):
 
 @pytest.fixture
 def stand_in_i3d(monkeypatch, tmp_path_factory):
-    """FVD in this test uses `StandInI3D` in place of the real detector, and a fresh home folder:
-    real statistics cached in ~/.cache/hpdm belong to the real detector (and to the user)."""
+    """FVD in this test uses `StandInI3D` in place of the real detector, and a home folder of its
+    own: real statistics cached in ~/.cache/hpdm by other tests belong to the real detector."""
     import hpdm.metrics.fvd as fvd
 
     monkeypatch.setattr(fvd, "load_i3d", lambda *a, **k: StandInI3D())

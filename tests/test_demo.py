@@ -50,7 +50,7 @@ def test_shipped_demo_samples_as_the_demo_preset_says():
 
 def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size", "8x64x64", "--sample-steps", "8", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--size", "8x64x64", "--sample-steps", "4", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "contact sheet" in printed and str(out) in printed
     videos = sorted(out.glob("demo_*_*.mp4"))
