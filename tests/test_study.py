@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -267,3 +268,26 @@ def test_evaluation_checkpoints_are_never_pruned(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002", "step_0000005"]
     with pytest.raises(ConfigError, match="keep_steps"):
         load_config("tiny", ["train.keep_steps=[0]"])
+
+
+def _index_many(run_dir: str, worker: int) -> None:
+    from hpdm.study import _index_eval
+
+    for i in range(40):
+        _index_eval(Path(run_dir), f"w{worker}_{i}", Path(run_dir) / f"eval_{worker}_{i}")
+
+
+def test_evaluation_index_loses_nothing_when_studies_share_a_run(tmp_path):
+    """Two studies evaluating one run side by side both add to its eval_index.json: each
+    read-modify-write holds a lock on the run folder, so no process overwrites another's entry."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    procs = [ctx.Process(target=_index_many, args=(str(tmp_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    index = json.loads((tmp_path / "eval_index.json").read_text())
+    assert len(index) == 160 and index["w3_39"] == "eval_3_39"

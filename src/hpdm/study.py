@@ -32,6 +32,7 @@ real clips' I3D features are computed once per study, in `OUT/.real_i3d`);
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -41,6 +42,7 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -443,12 +445,30 @@ def _indexed_eval(run_dir: Path, key: str) -> Path | None:
 
 def _index_eval(run_dir: Path, key: str, dest: Path) -> None:
     index = run_dir / "eval_index.json"
-    known = json.loads(index.read_text()) if index.exists() else {}
-    if key not in known:
-        known[key] = os.path.relpath(dest.resolve(), run_dir.resolve())
-        tmp = index.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
-        tmp.replace(index)  # studies sharing a run may run side by side
+    with _locked(run_dir):  # studies sharing a run may run side by side: no entry is lost
+        known = json.loads(index.read_text()) if index.exists() else {}
+        if key not in known:
+            known[key] = os.path.relpath(dest.resolve(), run_dir.resolve())
+            tmp = index.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+            tmp.replace(index)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (POSIX `flock` on the folder itself, so nothing is
+    written beside the results); where there is no `fcntl` (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _append(path: Path, rec: dict) -> None:
