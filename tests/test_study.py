@@ -171,7 +171,12 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, capsys, stand_in_i3d):
         ],
     )
     out2 = tmp_path / "out2"
-    assert main(["study", "run", str(given), "--out", str(out2), "--smoke", "--quiet"]) == 0
+    # the real features' folder shared with the first study: its files are read, none written
+    shared = {f: f.stat().st_mtime_ns for f in (out / ".real_i3d").glob("real_i3d_*.npy")}
+    run2 = ["study", "run", str(given), "--out", str(out2), "--smoke", "--quiet"]
+    assert main([*run2, "--feature-cache", str(out / ".real_i3d")]) == 0
+    assert not (out2 / ".real_i3d").exists()
+    assert {f: f.stat().st_mtime_ns for f in (out / ".real_i3d").glob("real_i3d_*.npy")} == shared
     assert "| model | 2 | — |" in capsys.readouterr().out
     got = {r["variant"]: r for r in json.loads((out2 / "results.json").read_text())["records"]}
     assert got["model"]["fvd"] == recs["default"]["fvd"]  # the same checkpoint, seed and settings

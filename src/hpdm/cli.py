@@ -200,7 +200,15 @@ def cmd_study(a: argparse.Namespace) -> int:
     from hpdm.study import report_study, run_study
 
     if a.study_command == "run":
-        run_study(a.study, a.out, only=a.only, smoke=a.smoke, progress=not a.quiet, eval_seeds=a.eval_seeds)
+        run_study(
+            a.study,
+            a.out,
+            only=a.only,
+            smoke=a.smoke,
+            progress=not a.quiet,
+            eval_seeds=a.eval_seeds,
+            feature_cache=a.feature_cache,
+        )
         result = report_study(a.out)
     else:
         result = report_study(a.out)
@@ -374,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SEED",
         help="evaluate with only these of eval.seeds now (e.g. one seed for every variant first)",
+    )
+    q.add_argument(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="the real clips' I3D features (default OUT/.real_i3d); one folder for several studies "
+        "computes each set of real clips once (files are named by the clips' content hash)",
     )
     q.add_argument("--smoke", action="store_true", help="the whole study at tiny size, to check it runs")
     q.add_argument("--quiet", action="store_true", help="no progress bars")

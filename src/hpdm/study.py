@@ -26,7 +26,8 @@ reuse: {default: studies/results/other/default}  # another study's run of the sa
 
 `run_study` trains every variant for its budget (resumable: a killed run continues from its last
 checkpoint, and finished evaluations are kept) and evaluates it with `hpdm eval report` (the
-real clips' I3D features are computed once per study, in `OUT/.real_i3d`);
+real clips' I3D features are computed once per study, in `OUT/.real_i3d`, or once for several
+studies in one shared `feature_cache` folder);
 `report_study` gathers the results into `results.json`, `results.md` and PNG plots.
 """
 
@@ -231,6 +232,7 @@ def run_study(
     smoke: bool = False,
     progress: bool = True,
     eval_seeds: list[int] | None = None,
+    feature_cache: str | Path | None = None,
 ) -> list[dict]:
     """Train and evaluate every variant (or those in `only`); returns the evaluation records.
 
@@ -238,13 +240,16 @@ def run_study(
     `report.json` exists is read back instead of rerun. `smoke`: the whole study at `tiny` size
     (2 steps, evaluated once on 4 clips with 2 sampling steps, one seed of each), to check it runs.
     `eval_seeds`: evaluate with only these of the study's sampling seeds now, e.g. one seed for
-    every variant first and the others in a later pass (finished evaluations are kept)."""
+    every variant first and the others in a later pass (finished evaluations are kept).
+    `feature_cache`: the folder of the real clips' I3D features (default `OUT/.real_i3d`); files are
+    named by the clips' content hash, so one folder can serve several studies safely."""
     from hpdm.checkpoint import checkpoint_label
     from hpdm.metrics.report import run_report
     from hpdm.train import Trainer
 
     study = Study.load(path)
     out = Path(out)
+    cache = Path(feature_cache) if feature_cache is not None else out / ".real_i3d"
     names = [v.name for v in study.variants]
     if only and (bad := [n for n in only if n not in names]):
         raise ConfigError(f"--only {bad}: not variants of {study.name}; its variants are {names}")
@@ -269,7 +274,7 @@ def run_study(
             step = int(json.loads((ck / "state.json").read_text())["step"])
             size = tuple(v.size) if v.size is not None else None
             for es in _eval_seeds(ev, 1.0):
-                rec = _evaluate(run_report, ck, out / trained.name, v, size, ev, es, out, 0, progress)
+                rec = _evaluate(run_report, ck, out / trained.name, v, size, ev, es, out, 0, progress, cache)
                 rec.update(
                     variant=v.name, seed=0, step=step, steps=step, flops=None, checkpoint=checkpoint_label(ck)
                 )
@@ -302,7 +307,7 @@ def run_study(
                         f"run it first (hpdm study run {path} --only {v.source})"
                     )
                 for es in _eval_seeds(ev, frac):
-                    rec = _evaluate(run_report, ck, run_dir, v, size, ev, es, out, seed, progress)
+                    rec = _evaluate(run_report, ck, run_dir, v, size, ev, es, out, seed, progress, cache)
                     rec.update(variant=v.name, seed=seed, step=step, steps=steps, flops=step * per_step)
                     records.append(rec)
                     _append(out / v.name / "results.jsonl", rec)
@@ -346,9 +351,9 @@ def given_checkpoint(name: str) -> Path:
     return resolve_checkpoint(demo_checkpoint() if name == "demo" else name)
 
 
-def _evaluate(run_report, ck, index_dir, v, size, ev, eval_seed, out, seed, progress) -> dict:
+def _evaluate(run_report, ck, index_dir, v, size, ev, eval_seed, out, seed, progress, cache) -> dict:
     """One `hpdm eval report` of checkpoint `ck` into the variant's folder; `index_dir` keeps the
-    index of the evaluations of ck's run (see `_indexed_eval`)."""
+    index of the evaluations of ck's run (see `_indexed_eval`); `cache`: the real I3D features' folder."""
     from hpdm.checkpoint import checkpoint_label
 
     dest = _eval_dest(ck, v, eval_seed, out, seed)
@@ -374,7 +379,7 @@ def _evaluate(run_report, ck, index_dir, v, size, ev, eval_seed, out, seed, prog
             seed=eval_seed,
             progress=progress,
             overrides=over,
-            feature_cache=out / ".real_i3d",
+            feature_cache=cache,
             size=size,
         )
     _index_eval(index_dir, key, dest)
