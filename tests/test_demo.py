@@ -92,13 +92,14 @@ def _recipe_overrides(script: Path, out: str) -> tuple[str, list[str]]:
         line = line.strip()
         m = re.fullmatch(r'([A-Z]+)="(.*)"', line)
         if m:
-            env[m[1]] = re.sub(r"\$(\w+)", lambda v: env[v[1]], m[2])
+            env[m[1]] = re.sub(r"\$(\w+)", lambda v: env.get(v[1], v[0]), m[2])
             continue
-        words = re.sub(r"\$(\w+)", lambda v: env[v[1]], line).split()
-        if words[:2] == ["hpdm", "train"] and f"--out {out}" in " ".join(words):
+        words = re.sub(r"\$(\w+)", lambda v: env.get(v[1], v[0]), line).split()
+        pairs = set(zip(words, words[1:]))
+        if words[:2] == ["hpdm", "train"] and ("--out", out) in pairs:
             preset = words[2]
             overrides += [w for w in words[3:] if "=" in w and not w.startswith("-")]
-        elif words[:2] == ["hpdm", "export"] and f"--ckpt {out}" in " ".join(words):
+        elif words[:2] == ["hpdm", "export"] and ("--ckpt", out) in pairs:
             overrides += [w for w in words[2:] if "=" in w and not w.startswith("-")]
     return preset, overrides
 
@@ -118,3 +119,50 @@ def test_the_recipe_reproduces_the_shipped_config():
             for key in ("guide", "base"):
                 assert Path(shipped[part].pop(key)).name == Path(rebuilt[part].pop(key)).name
         assert rebuilt[part] == shipped[part], part
+
+
+def test_shipped_text_to_video_demo_is_small_logged_and_made_by_its_recipe():
+    """`src/hpdm/assets/t2v` is what scripts/make_t2v_demo.sh makes: under 20 MB, its three stages'
+    complete logs in docs/experiments, and the recipe's last command line giving its config."""
+    ck = demo_checkpoint("t2v")
+    files = [ck / n for n in ("model.safetensors", "config.yaml", "state.json")]
+    assert all(p.exists() for p in files) and (ck / "README.md").exists()
+    assert sum(p.stat().st_size for p in files) <= 20_000_000
+    assert not list(ck.rglob("*.jsonl"))
+    root = Path(__file__).resolve().parent.parent
+    script = root / "scripts" / "make_t2v_demo.sh"
+    logs = root / "docs" / "experiments" / "t2v-demo-logs"
+    for run in ("t2v-tiny-base", "t2v-tiny", "t2v-tiny-ft"):
+        preset, overrides = _recipe_overrides(script, f"runs/{run}")
+        steps = load_config(preset, overrides).train.steps
+        last = json.loads((logs / f"{run}.jsonl").read_text().splitlines()[-1])
+        assert last["step"] == steps, run  # each stage ran to its end
+    preset, overrides = _recipe_overrides(script, "runs/t2v-tiny-ft")
+    rebuilt = load_config(preset, overrides).to_dict()
+    shipped = load_config(ck / "config.yaml").to_dict()
+    rebuilt["train"].pop("out_dir"), shipped["train"].pop("out_dir")
+    assert rebuilt == shipped
+    assert json.loads((ck / "state.json").read_text())["step"] == rebuilt["train"]["steps"]
+
+
+def test_prompt_demo_runs_the_shipped_text_to_video_model(tmp_path, capsys):
+    """`hpdm demo --prompt` with no --ckpt samples the shipped model (here at a reduced size)."""
+    out = tmp_path / "t2v"
+    prompt = "a red circle moves left over thin slate stripes"
+    args = [
+        "demo",
+        "--prompt",
+        prompt,
+        "--size",
+        "8x64x64",
+        "--sample-steps",
+        "3",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert "generated 1 video(s) of 8x64x64" in capsys.readouterr().out
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["prompt"] == prompt and settings["ckpt"] == str(demo_checkpoint("t2v"))
+    assert (out / "contact_sheet.png").exists() and list(out.glob("t2v_*.mp4"))
