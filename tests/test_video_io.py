@@ -222,3 +222,24 @@ def test_mpeg_ps_seeks_are_checked_packet_by_packet(tmp_path, monkeypatch):
     for start in range(150):
         got = read_video(path, max_frames=8, start=start)
         assert np.array_equal(got, reference[start : start + 8]), start
+
+
+class _Frames(torch.utils.data.Dataset):
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.from_numpy(read_video(self.path))
+
+
+def test_a_forked_dataloader_worker_reads_video_after_the_parent_did(tmp_path):
+    """PyAV's shared frame converter keeps swscale threads that a forked worker does not have: a
+    worker decoding after its parent decoded used to hang. It reads the parent's frames."""
+    path = write_video(tmp_path / "v.mp4", smooth_video(6, 32, 32))
+    frames = _Frames(path)[0]  # the parent converts frames first
+    loader = torch.utils.data.DataLoader(_Frames(path), batch_size=None, num_workers=1, timeout=60)
+    for got in loader:
+        assert torch.equal(got, frames)

@@ -195,6 +195,14 @@ def _read_container(path: Path, max_frames: int | None, start: int, stride: int)
     return np.stack(out)
 
 
+def _to_rgb(frame) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB, converted on this thread alone.
+
+    swscale's default thread pool, made in the parent, is inherited by a forked DataLoader worker
+    without its threads: a worker converting after its parent did hung in `sws_scale_frame`."""
+    return frame.to_ndarray(format="rgb24", threads=1)
+
+
 def _video_stream(container, path: Path):
     if not container.streams.video:
         raise VideoReadError(path, "the file has no video stream")
@@ -214,7 +222,7 @@ def _read_sequential(path: Path, max_frames: int | None, start: int, stride: int
             for i, frame in enumerate(container.decode(stream)):  # noqa: B007
                 if i < start or (i - start) % stride:
                     continue  # decoded (unavoidable) but not converted to RGB
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(_to_rgb(frame))
                 if max_frames is not None and len(out) == max_frames:
                     break
         except av.FFmpegError:
@@ -375,7 +383,7 @@ def _decode_from_key(
             if not keyed or index >= len(table) or frame.pts != table.frame_pts[index] or frame.is_corrupt:
                 raise _Inexact
             if (index - start) % stride == 0:
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(_to_rgb(frame))
                 if max_frames is not None and len(out) == max_frames:
                     return out
             index += 1
